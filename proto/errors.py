@@ -1,0 +1,106 @@
+"""Registered error codes and the exceptions that carry them.
+
+Theory of operation
+-------------------
+Every rejection in Starling has a number in the error-code registry
+(spec/90-registries.md). The number is what goes on the wire (close reasons,
+error replies) and what test vectors name; the symbolic name is what humans
+read. Each exception also names the requirement ID of the spec rule that was
+violated, so an error message points a reimplementer at the sentence to read.
+
+Following h11, the exception type says whose fault it was:
+
+* ``RemoteProtocolError`` -- the bytes we received are bad (the peer's fault).
+  Codec and signature failures are of this kind.
+* ``LocalProtocolError`` -- our own caller asked for something the protocol
+  does not allow (encoding a float, signing with a malformed domain).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """The error-code registry. Ranges: 0x01xx codec, 0x02xx identity, 0x03xx signatures."""
+
+    # -- 0x01xx: CBOR profile (spec/00-conventions.md) --------------------------------
+    CBOR_TRUNCATED = 0x0101
+    CBOR_TRAILING_BYTES = 0x0102
+    CBOR_NON_SHORTEST = 0x0103
+    CBOR_INDEFINITE_LENGTH = 0x0104
+    CBOR_RESERVED_INFO = 0x0105
+    CBOR_UNEXPECTED_BREAK = 0x0106
+    CBOR_FLOAT = 0x0107
+    CBOR_SIMPLE_VALUE = 0x0108
+    CBOR_UNDECLARED_TAG = 0x0109
+    CBOR_MAP_KEY_TYPE = 0x010A
+    CBOR_MAP_KEY_ORDER = 0x010B
+    CBOR_DUPLICATE_KEY = 0x010C
+    CBOR_INVALID_UTF8 = 0x010D
+    CBOR_TOO_LARGE = 0x010E
+    CBOR_TOO_DEEP = 0x010F
+    CBOR_UNENCODABLE = 0x0110
+    # Schema level: a well-formed item that is not the message the context expects.
+    SCHEMA_TYPE = 0x0120
+    SCHEMA_MISSING_FIELD = 0x0121
+    SCHEMA_UNKNOWN_CRITICAL_FIELD = 0x0122
+    SCHEMA_UNKNOWN_MESSAGE_TYPE = 0x0123
+    SCHEMA_VALUE = 0x0124
+
+    # -- 0x02xx: identity (spec/01-identity.md) ---------------------------------------
+    ID_TEXT_CHECKSUM = 0x0201
+    ID_TEXT_PREFIX = 0x0202
+    ID_TEXT_CHARACTER = 0x0203
+    ID_TEXT_LENGTH = 0x0204
+    ID_TEXT_MIXED_CASE = 0x0205
+    ID_TEXT_PADDING = 0x0206
+    KEY_LENGTH = 0x0210
+    KEY_NON_CANONICAL = 0x0211
+    KEY_SMALL_ORDER = 0x0212
+    KEY_NOT_ON_CURVE = 0x0213
+    KEY_FILE_FORMAT = 0x0218
+    KEY_FILE_PERMISSIONS = 0x0219
+
+    # -- 0x03xx: signatures and envelopes (spec/01-identity.md) -----------------------
+    SIG_LENGTH = 0x0301
+    SIG_NON_CANONICAL_S = 0x0302
+    SIG_SMALL_ORDER_R = 0x0303
+    SIG_INVALID = 0x0304
+    SIG_DOMAIN = 0x0305
+    ENVELOPE_EXTRA_FIELD = 0x0306
+
+
+class StarlingError(Exception):
+    """Base of every error Starling raises on purpose.
+
+    ``code`` is the registry entry, ``requirement`` the spec requirement ID
+    (such as ``"CBOR-R4"``) whose rule was broken, ``reason`` a phrase for humans.
+    """
+
+    def __init__(self, code: ErrorCode, reason: str, requirement: str | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.requirement = requirement
+        where = f" [{requirement}]" if requirement else ""
+        super().__init__(f"{code.name} (0x{int(code):04x}){where}: {reason}")
+
+
+class RemoteProtocolError(StarlingError):
+    """Received bytes violate the protocol: the sender is at fault."""
+
+
+class LocalProtocolError(StarlingError):
+    """Our caller asked for something the protocol forbids."""
+
+
+class CodecError(RemoteProtocolError):
+    """Bytes that are not a valid item of the Starling CBOR profile, or not the expected message."""
+
+
+class IdentityError(RemoteProtocolError):
+    """A malformed peer ID text form, public key or key file."""
+
+
+class SignatureError(RemoteProtocolError):
+    """A signature or signed envelope that does not verify under the pinned rules."""
