@@ -63,13 +63,13 @@ def decode(text: str, hrp: str, size: int, what: str) -> bytes:
     [ID-R5], the length [ID-R6], the checksum [ID-R6], zero padding bits [ID-R7].
     """
     if text.lower() != text and text.upper() != text:
-        raise IdentityError(ErrorCode.ID_TEXT_MIXED_CASE, f"{what} mixes upper and lower case", "ID-R4")
+        raise IdentityError(
+            ErrorCode.ID_TEXT_MIXED_CASE, f"{what} mixes upper and lower case", "ID-R4"
+        )
     text = text.lower()
     sep = text.rfind("1")
     if sep < 1 or text[:sep] != hrp:
-        raise IdentityError(
-            ErrorCode.ID_TEXT_PREFIX, f"{what} must start with '{hrp}1'", "ID-R5"
-        )
+        raise IdentityError(ErrorCode.ID_TEXT_PREFIX, f"{what} must start with '{hrp}1'", "ID-R5")
     body = text[sep + 1 :]
     for i, ch in enumerate(body):
         if ch not in _CHAR_VALUE:
@@ -99,7 +99,5 @@ def decode(text: str, hrp: str, size: int, what: str) -> bytes:
             bits -= 8
             out.append((acc >> bits) & 0xFF)
     if acc & ((1 << bits) - 1):
-        raise IdentityError(
-            ErrorCode.ID_TEXT_PADDING, f"{what} has non-zero padding bits", "ID-R7"
-        )
+        raise IdentityError(ErrorCode.ID_TEXT_PADDING, f"{what} has non-zero padding bits", "ID-R7")
     return bytes(out)

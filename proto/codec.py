@@ -47,8 +47,8 @@ __all__ = [
     "Tag",
     "Value",
     "decode",
-    "encode",
     "dispatch",
+    "encode",
     "read_fields",
 ]
 
@@ -61,9 +61,7 @@ class Tag:
     value: Value
 
 
-Value: TypeAlias = (
-    int | bytes | str | bool | None | list["Value"] | dict[int, "Value"] | Tag
-)
+Value: TypeAlias = int | bytes | str | bool | list["Value"] | dict[int, "Value"] | Tag | None
 
 UINT_MAX = 2**64 - 1
 NINT_MIN = -(2**64)
@@ -307,8 +305,7 @@ class _Reader:
                 raise self.fail(
                     ErrorCode.CBOR_TOO_DEEP,
                     "CBOR-R12",
-                    f"item at nesting level {level + 1} exceeds the limit "
-                    f"{self.limits.max_depth}",
+                    f"item at nesting level {level + 1} exceeds the limit {self.limits.max_depth}",
                     at,
                 )
             key_major, _, key, _ = self.head()
@@ -451,9 +448,7 @@ def dispatch(
         raise CodecError(ErrorCode.SCHEMA_TYPE, f"{what} must be a map", "MSG-R1")
     kind = message.get(0)
     if not _type_ok(kind, int):
-        raise CodecError(
-            ErrorCode.SCHEMA_MISSING_FIELD, f"{what} lacks its type (key 0)", "MSG-R3"
-        )
+        raise CodecError(ErrorCode.SCHEMA_MISSING_FIELD, f"{what} lacks its type (key 0)", "MSG-R3")
     assert isinstance(kind, int)
     handler = handlers.get(kind)
     if handler is not None:
@@ -465,4 +460,3 @@ def dispatch(
             "MSG-R3",
         )
     return None
-

@@ -123,7 +123,8 @@ def ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> None:
         )
     if int.from_bytes(signature[32:], "little") >= _L:
         raise SignatureError(
-            ErrorCode.SIG_NON_CANONICAL_S, "signature scalar S is not below the group order L",
+            ErrorCode.SIG_NON_CANONICAL_S,
+            "signature scalar S is not below the group order L",
             "ID-R12",
         )
     r_y = int.from_bytes(signature[:32], "little") & ((1 << 255) - 1)
@@ -134,9 +135,7 @@ def ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> None:
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except nacl.exceptions.BadSignatureError:
-        raise SignatureError(
-            ErrorCode.SIG_INVALID, "signature does not verify", "ID-R13"
-        ) from None
+        raise SignatureError(ErrorCode.SIG_INVALID, "signature does not verify", "ID-R13") from None
 
 
 def _check_domain(domain: str) -> bytes:
