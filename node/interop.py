@@ -1,0 +1,446 @@
+"""The interop vector runner: ``starling interop verify`` and ``starling interop run``.
+
+Theory of operation
+-------------------
+``interop/vectors/*.json`` hold Wycheproof-style test vectors (format and
+meaning in interop/README.md, JSON Schema in interop/schema/). This module
+runs them in two ways:
+
+* against **this implementation**: ``run_suite`` looks up the suite, then the
+  group type, in ``SUITES`` -- a table of small functions, one per group type,
+  each turning a test's ``input`` into the outputs its ``expected`` is compared
+  with. A test passes when a valid vector gives exactly the expected outputs,
+  or an invalid one raises a ``StarlingError`` whose code has the expected
+  registry name. Any other exception is a failure, reported on stderr, never a
+  pass. ``run_main`` wraps this in the harness contract, so our own
+  implementation is also a harness like any other.
+* against **another implementation**: ``verify_main`` with ``impl`` runs the
+  command ``impl SUITE FILE`` for each vector file and reads the
+  ``{"<tcId>": "pass" | "fail" | "unsupported"}`` object it prints.
+
+``verify_main`` prints one line per file and a last line ``N passed, N failed``
+that CI reads; unsupported tests count as failed there unless explicitly
+allowed, so a harness cannot pass by supporting nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from starling.proto import codec, identity
+from starling.proto.errors import StarlingError
+
+__all__ = [
+    "FAIL",
+    "PASS",
+    "SUITES",
+    "UNSUPPORTED",
+    "VECTORS_DIR",
+    "from_typed",
+    "run_main",
+    "run_suite",
+    "to_typed",
+    "verify_main",
+]
+
+FORMAT = "starling-vectors/1"
+VECTORS_DIR = Path(__file__).resolve().parent.parent / "interop" / "vectors"
+PASS, FAIL, UNSUPPORTED = "pass", "fail", "unsupported"
+STATUSES = frozenset({PASS, FAIL, UNSUPPORTED})
+EXIT_UNKNOWN_SUITE = 127
+EXIT_USAGE = 2
+EXTERNAL_TIMEOUT = 600.0  # seconds per vector file
+
+Json = dict[str, Any]
+Outputs = dict[str, Any]
+TestRunner = Callable[[Json, Json], Outputs]
+"""Runs one test of a group (``group``, ``test``) and returns the outputs to compare
+with ``test["expected"]``, or raises the StarlingError our implementation raises."""
+
+
+class Mismatch(Exception):
+    """Our implementation disagrees with a vector in a way the outputs cannot show."""
+
+
+# ----------------------------------------------------------------------------- typed values
+
+
+def to_typed(value: object) -> Json:
+    """The typed JSON form of a decoded CBOR value (interop/README.md, "Typed values")."""
+    if isinstance(value, bool):
+        return {"bool": value}
+    if value is None:
+        return {"null": None}
+    if isinstance(value, int):
+        return {"uint": str(value)} if value >= 0 else {"nint": str(value)}
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, str):
+        return {"text": value}
+    if isinstance(value, list):
+        return {"array": [to_typed(item) for item in value]}
+    if isinstance(value, dict):
+        return {"map": [[to_typed(k), to_typed(v)] for k, v in value.items()]}
+    if isinstance(value, codec.Tag):
+        return {"tag": value.number, "value": to_typed(value.value)}
+    raise TypeError(f"no typed form for {type(value).__name__}")
+
+
+def _uint(text: str) -> int:
+    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+        raise ValueError(f"malformed uint {text!r}")
+    return int(text)
+
+
+def _nint(text: str) -> int:
+    if text[:1] != "-" or text == "-0":
+        raise ValueError(f"malformed nint {text!r}")
+    return -_uint(text[1:])
+
+
+def _map(pairs: list[list[Json]]) -> dict[int, codec.Value]:
+    out: dict[int, codec.Value] = {}
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"map entry {pair!r} is not a [key, value] pair")
+        key, value = pair
+        k = from_typed(key)
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise ValueError(f"map key {key!r} is not an integer")
+        out[k] = from_typed(value)
+    return out
+
+
+_FROM_TYPED: Mapping[str, tuple[type, Callable[[Any], codec.Value]]] = {
+    # kind -> (JSON type of the payload, conversion)
+    "uint": (str, _uint),
+    "nint": (str, _nint),
+    "bytes": (str, bytes.fromhex),
+    "text": (str, str),
+    "array": (list, lambda items: [from_typed(item) for item in items]),
+    "map": (list, _map),
+    "bool": (bool, bool),
+    "null": (type(None), lambda _: None),
+}
+
+
+def from_typed(typed: Json) -> codec.Value:
+    """The Python value of a typed JSON value; raises ValueError if it is malformed."""
+    if not isinstance(typed, dict):
+        raise ValueError(f"malformed typed value {typed!r}")
+    if set(typed) == {"tag", "value"} and type(typed["tag"]) is int:
+        return codec.Tag(typed["tag"], from_typed(typed["value"]))
+    if len(typed) != 1 or next(iter(typed)) not in _FROM_TYPED:
+        raise ValueError(f"malformed typed value {typed!r}")
+    ((kind, payload),) = typed.items()
+    json_type, convert = _FROM_TYPED[kind]
+    if type(payload) is not json_type:
+        raise ValueError(f"malformed typed value {typed!r}")
+    return convert(payload)
+
+
+# ----------------------------------------------------------------------------- test runners
+
+
+def _limits(group: Json) -> codec.DecodeLimits:
+    parameters = group.get("parameters")
+    if parameters is None:
+        return codec.DEFAULT_LIMITS
+    return codec.DecodeLimits(
+        max_size=parameters["maxSize"],
+        max_depth=parameters["maxDepth"],
+        tags=frozenset(parameters["tags"]),
+    )
+
+
+def _run_cbor(group: Json, test: Json) -> Outputs:
+    data = bytes.fromhex(test["input"]["cbor"])
+    value = codec.decode(data, _limits(group))
+    expected = test["expected"].get("value")
+    if expected is not None:  # valid vectors check both directions
+        encoded = codec.encode(from_typed(expected))
+        if encoded != data:
+            raise Mismatch(f"encode(expected value) is {encoded.hex()}, not the input")
+    return {"value": to_typed(value)}
+
+
+def _handled(_message: dict[int, codec.Value]) -> bool:
+    return True
+
+
+def _run_message(group: Json, test: Json) -> Outputs:
+    message = codec.decode(bytes.fromhex(test["input"]["cbor"]), _limits(group))
+    handlers = dict.fromkeys(test["input"]["knownTypes"], _handled)
+    return {"dispatched": codec.dispatch(message, handlers, "message") is not None}
+
+
+def _run_key_derivation(group: Json, test: Json) -> Outputs:
+    key = identity.PrivateKey(bytes.fromhex(test["input"]["seed"]))
+    return {
+        "publicKey": key.public_key.raw.hex(),
+        "peerId": key.peer_id.raw.hex(),
+        "peerIdText": key.peer_id.text(),
+    }
+
+
+def _run_peer_id_text(group: Json, test: Json) -> Outputs:
+    return {"peerId": identity.PeerId.parse(test["input"]["text"]).raw.hex()}
+
+
+def _run_ed25519_verify(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    identity.ed25519_verify(
+        bytes.fromhex(given["publicKey"]),
+        bytes.fromhex(given["message"]),
+        bytes.fromhex(given["signature"]),
+    )
+    return {}
+
+
+def _run_envelope(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    opened = identity.open_envelope(
+        bytes.fromhex(given["envelope"]), given["domain"], _limits(group)
+    )
+    return {
+        "signer": opened.signer.raw.hex(),
+        "signerId": opened.signer_id.raw.hex(),
+        "payload": opened.payload.hex(),
+    }
+
+
+SUITES: Mapping[str, Mapping[str, TestRunner]] = {
+    "codec": {"cbor": _run_cbor, "message": _run_message},
+    "identity": {
+        "key-derivation": _run_key_derivation,
+        "peer-id-text": _run_peer_id_text,
+        "ed25519-verify": _run_ed25519_verify,
+    },
+    "envelope": {"envelope": _run_envelope},
+}
+"""Suite name -> group type -> runner. A group type missing here is "unsupported"."""
+
+
+def _judge(runner: TestRunner, group: Json, test: Json) -> tuple[str, str | None]:
+    """Run one test; return its status and, for a failure, why."""
+    invalid = test.get("result") == "invalid"
+    try:
+        outputs = runner(group, test)
+    except StarlingError as exc:
+        if invalid and exc.code.name == test.get("error"):
+            return PASS, None
+        wanted = f"expected {test.get('error')}" if invalid else "expected success"
+        return FAIL, f"raised {exc}; {wanted}"
+    except Mismatch as exc:
+        return FAIL, str(exc)
+    except Exception as exc:  # a crash is a failure, never a pass
+        summary = "".join(traceback.format_exception(exc, limit=-3)).rstrip()
+        return FAIL, f"unexpected {type(exc).__name__}:\n{summary}"
+    if invalid:
+        return FAIL, f"accepted; expected {test.get('error')}"
+    if outputs != test.get("expected"):
+        return FAIL, f"got {json.dumps(outputs)}; expected {json.dumps(test.get('expected'))}"
+    return PASS, None
+
+
+def run_suite(suite: str, vectors: Mapping[str, Any]) -> dict[int | str, str]:
+    """Run every test of a loaded vector file against this implementation.
+
+    Returns tcId -> "pass" / "fail" / "unsupported" (a suite or group type this
+    implementation has no runner for). Reasons for failures go to stderr.
+    """
+    runners = SUITES.get(suite, {})
+    results: dict[int | str, str] = {}
+    for group in vectors.get("testGroups", []):
+        runner = runners.get(group.get("type", ""))
+        for test in group.get("tests", []):
+            tc_id = test.get("tcId", "?")
+            if runner is None:
+                results[tc_id] = UNSUPPORTED
+                continue
+            status, reason = _judge(runner, group, test)
+            results[tc_id] = status
+            if reason is not None:
+                print(
+                    f"FAIL {suite} tcId {tc_id} ({test.get('comment')}): {reason}", file=sys.stderr
+                )
+    return results
+
+
+# ----------------------------------------------------------------------------- harness contract
+
+
+def _load(path: Path) -> Json | None:
+    """Load a vector file; None (with a message) if it is unreadable or not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(data, dict) or data.get("schema") != FORMAT:
+        print(f"skipping {path}: not a {FORMAT} vector file", file=sys.stderr)
+        return None
+    return data
+
+
+def run_main(suite: str, path: str) -> int:
+    """``starling interop run SUITE FILE``: the harness contract, for our implementation.
+
+    Prints ``{"<tcId>": "pass" | "fail" | "unsupported"}`` for every test in FILE
+    and exits 0; exits 127 for a suite it does not know.
+    """
+    if suite not in SUITES:
+        print(f"unknown suite {suite!r} (known: {', '.join(SUITES)})", file=sys.stderr)
+        return EXIT_UNKNOWN_SUITE
+    vectors = _load(Path(path))
+    if vectors is None:
+        return EXIT_USAGE
+    results = run_suite(suite, vectors)
+    print(json.dumps({str(tc_id): status for tc_id, status in results.items()}))
+    return 0
+
+
+def _test_ids(vectors: Json) -> list[int | str]:
+    return [test.get("tcId", "?") for g in vectors.get("testGroups", []) for test in g["tests"]]
+
+
+def _run_external(impl: str, suite: str, path: Path, vectors: Json) -> dict[int | str, str]:
+    """Run ``impl SUITE FILE`` and read its verdicts; anything it does not report is a fail."""
+    ids = _test_ids(vectors)
+    command = [*shlex.split(impl), suite, str(path)]
+
+    def every(status: str, why: str) -> dict[int | str, str]:
+        print(f"{suite}: {shlex.join(command)}: {why}", file=sys.stderr)
+        return dict.fromkeys(ids, status)
+
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=EXTERNAL_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return every(FAIL, f"could not run: {exc}")
+    if proc.stderr:
+        sys.stderr.write(proc.stderr)
+    if proc.returncode == EXIT_UNKNOWN_SUITE:
+        return every(UNSUPPORTED, "exit 127: suite not supported")
+    if proc.returncode != 0:
+        return every(FAIL, f"exit status {proc.returncode}")
+    try:
+        reported = json.loads(proc.stdout)
+    except ValueError as exc:
+        return every(FAIL, f"stdout is not JSON ({exc})")
+    if not isinstance(reported, dict):
+        return every(FAIL, "stdout is not a JSON object")
+    results: dict[int | str, str] = {}
+    for tc_id in ids:
+        status = reported.get(str(tc_id))
+        if status not in STATUSES:
+            print(f"{suite}: tcId {tc_id}: reported {status!r}, counted as fail", file=sys.stderr)
+            status = FAIL
+        results[tc_id] = status
+    unknown = set(reported) - {str(tc_id) for tc_id in ids}
+    if unknown:
+        print(f"{suite}: ignoring verdicts for unknown tcIds {sorted(unknown)}", file=sys.stderr)
+    return results
+
+
+def _vector_files(paths: list[str]) -> list[Path] | None:
+    if not paths:
+        if not VECTORS_DIR.is_dir():
+            print(
+                f"no vector directory at {VECTORS_DIR} (an installed package carries no "
+                "vectors): pass PATH, e.g. 'starling interop verify path/to/interop/vectors'",
+                file=sys.stderr,
+            )
+            return None
+        paths = [str(VECTORS_DIR)]
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.json")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"no such file or directory: {path}", file=sys.stderr)
+            return None
+    return files
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def verify_main(
+    paths: list[str], impl: str | None, json_out: bool, allow_unsupported: bool = False
+) -> int:
+    """``starling interop verify [PATH ...] [--impl CMD] [--json]``.
+
+    Runs every vector file under ``paths`` (default: the repository's
+    interop/vectors) against this implementation, or against the harness command
+    ``impl``. Returns 0 only if every test passed; unsupported tests count as
+    failures unless ``allow_unsupported``. Returns 2 when there is nothing to run.
+    """
+    files = _vector_files(paths)
+    if files is None:
+        return EXIT_USAGE
+    reports: list[Json] = []
+    for path in files:
+        vectors = _load(path)
+        if vectors is None:
+            continue
+        suite = str(vectors.get("suite"))
+        if impl is None:
+            results = run_suite(suite, vectors)
+        else:
+            results = _run_external(impl, suite, path, vectors)
+        counts = {s: sum(1 for v in results.values() if v == s) for s in (PASS, FAIL, UNSUPPORTED)}
+        reports.append(
+            {
+                "path": _shown(path),
+                "suite": suite,
+                "passed": counts[PASS],
+                "failed": counts[FAIL],
+                "unsupported": counts[UNSUPPORTED],
+                "results": {str(tc_id): status for tc_id, status in results.items()},
+            }
+        )
+    if not reports:
+        print("no vector files found", file=sys.stderr)
+        return EXIT_USAGE
+    passed = sum(r["passed"] for r in reports)
+    failed = sum(r["failed"] for r in reports)
+    unsupported = sum(r["unsupported"] for r in reports)
+    not_passed = failed + (0 if allow_unsupported else unsupported)
+    ok = not_passed == 0
+    if json_out:
+        summary = {
+            "ok": ok,
+            "implementation": impl if impl is not None else "starling (this package)",
+            "passed": passed,
+            "failed": failed,
+            "unsupported": unsupported,
+            "files": reports,
+        }
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in reports:
+            print(
+                f"{r['suite']:<10} {r['passed']} passed, {r['failed']} failed, "
+                f"{r['unsupported']} unsupported  ({r['path']})"
+            )
+        if unsupported:
+            how = "allowed" if allow_unsupported else "counted as failed"
+            print(f"({unsupported} unsupported {how})")
+        print(f"{passed} passed, {not_passed} failed")
+    return 0 if ok else 1

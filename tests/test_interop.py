@@ -1,0 +1,462 @@
+"""The interop vectors, their generator and the vector runner (starling.node.interop).
+
+What is checked here:
+
+* every committed vector file follows the JSON Schema and the rules the schema
+  cannot express (increasing tcIds, defined flags, registered error names,
+  requirement IDs that the code cites);
+* ``interop/generate.py`` reproduces the committed files byte for byte;
+* our implementation passes every vector, and the codec suite reaches every
+  decoder error code;
+* structurally valid envelopes match their CDDL rule (pycddl);
+* the harness contract: ``run_main`` for our implementation, ``verify_main``
+  driving an external command.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pycddl
+import pytest
+
+import starling.proto
+from starling.node import interop
+from starling.proto.errors import ErrorCode
+
+ROOT = Path(__file__).resolve().parent.parent
+INTEROP = ROOT / "interop"
+VECTORS = INTEROP / "vectors"
+SCHEMA = INTEROP / "schema" / "vectors.schema.json"
+GENERATOR = INTEROP / "generate.py"
+SUITE_FILES = {"codec": "codec.json", "identity": "identity.json", "envelope": "envelope.json"}
+
+Json = dict[str, Any]
+
+
+def load(path: Path) -> Json:
+    data: Json = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def each_test(vectors: Json) -> Iterator[tuple[Json, Json]]:
+    for group in vectors["testGroups"]:
+        for test in group["tests"]:
+            yield group, test
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    schema = load(SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def cited_requirements() -> set[str]:
+    """Requirement IDs cited in starling.proto, as [ID-R2] or as a "ID-R2" argument."""
+    cited: set[str] = set()
+    for path in Path(next(iter(starling.proto.__path__))).glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        cited.update(re.findall(r"\[([A-Z]+-R[0-9]+)\]", text))
+        cited.update(re.findall(r"\"([A-Z]+-R[0-9]+)\"", text))
+    return cited
+
+
+# ----------------------------------------------------------------------------- (a) format
+
+
+def test_the_committed_vector_files_are_exactly_the_suites() -> None:
+    assert sorted(p.name for p in VECTORS.glob("*.json")) == sorted(SUITE_FILES.values())
+
+
+@pytest.mark.parametrize("suite", sorted(SUITE_FILES))
+def test_vector_file_follows_the_schema(
+    suite: str, validator: jsonschema.protocols.Validator
+) -> None:
+    vectors = load(VECTORS / SUITE_FILES[suite])
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(vectors)]
+    assert errors == []
+    assert vectors["suite"] == suite
+
+
+@pytest.mark.parametrize("suite", sorted(SUITE_FILES))
+def test_vector_file_rules_beyond_the_schema(suite: str) -> None:
+    vectors = load(VECTORS / SUITE_FILES[suite])
+    ids = [test["tcId"] for _, test in each_test(vectors)]
+    assert ids == sorted(set(ids)), "tcIds must be unique and increasing"
+    assert vectors["numberOfTests"] == len(ids) > 0
+    used_flags = {flag for _, test in each_test(vectors) for flag in test["flags"]}
+    assert used_flags == set(vectors["notes"]), "every flag has a note and every note is used"
+    cited = cited_requirements()
+    for _, test in each_test(vectors):
+        assert test["requirement"] in cited, test
+        if test["result"] == "invalid":
+            assert test["error"] in ErrorCode.__members__, test
+            assert test["expected"] == {}, test
+
+
+def test_the_schema_rejects_malformed_files(validator: jsonschema.protocols.Validator) -> None:
+    good = load(VECTORS / "codec.json")
+    assert validator.is_valid(good)
+    valid_test = good["testGroups"][0]["tests"][0]
+    assert valid_test["result"] == "valid"
+    invalid_test = good["testGroups"][1]["tests"][0]
+    assert invalid_test["result"] == "invalid"
+
+    def broken(change: Any) -> Json:
+        doc = copy.deepcopy(good)
+        change(doc)
+        return doc
+
+    mutations = {
+        "valid test with an error": lambda d: d["testGroups"][0]["tests"][0].update(
+            error="CBOR_FLOAT"
+        ),
+        "invalid test without an error": lambda d: d["testGroups"][1]["tests"][0].pop("error"),
+        "uppercase hex": lambda d: d["testGroups"][0]["tests"][0]["input"].update(cbor="0A"),
+        "odd-length hex": lambda d: d["testGroups"][0]["tests"][0]["input"].update(cbor="0"),
+        "uint as a JSON number": lambda d: d["testGroups"][0]["tests"][0]["expected"].update(
+            value={"uint": 0}
+        ),
+        "unknown test field": lambda d: d["testGroups"][0]["tests"][0].update(extra=1),
+        "unknown group type": lambda d: d["testGroups"][0].update(type="nope"),
+        "unknown top-level field": lambda d: d.update(timestamp="now"),
+        "bad requirement ID": lambda d: d["testGroups"][0]["tests"][0].update(requirement="R2"),
+        "wrong format name": lambda d: d.update(schema="starling-vectors/2"),
+    }
+    for name, change in mutations.items():
+        assert not validator.is_valid(broken(change)), name
+
+
+# ----------------------------------------------------------------------------- (b) generator
+
+
+def test_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(GENERATOR), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    produced = sorted(p.name for p in tmp_path.iterdir())
+    assert produced == sorted(SUITE_FILES.values())
+    for name in produced:
+        assert (tmp_path / name).read_bytes() == (VECTORS / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------ (c) our implementation
+
+
+@pytest.mark.parametrize("suite", sorted(SUITE_FILES))
+def test_our_implementation_passes_every_vector(suite: str) -> None:
+    vectors = load(VECTORS / SUITE_FILES[suite])
+    results = interop.run_suite(suite, vectors)
+    assert len(results) == vectors["numberOfTests"] > 0
+    assert [tc for tc, status in results.items() if status != interop.PASS] == []
+    valid = sum(1 for _, t in each_test(vectors) if t["result"] == "valid")
+    assert 0 < valid < len(results), "each suite has both valid and invalid vectors"
+
+
+def errors_in(suite: str) -> set[str]:
+    vectors = load(VECTORS / SUITE_FILES[suite])
+    return {test["error"] for _, test in each_test(vectors) if "error" in test}
+
+
+def test_codec_vectors_cover_every_decoder_error() -> None:
+    decoder_errors = {
+        code.name
+        for code in ErrorCode
+        if code.name.startswith("CBOR_") and code is not ErrorCode.CBOR_UNENCODABLE
+    }
+    assert decoder_errors - errors_in("codec") == set()
+
+
+def test_identity_and_envelope_vectors_cover_their_errors() -> None:
+    wanted = {
+        code.name
+        for code in ErrorCode
+        if code.name.startswith(("ID_TEXT_", "KEY_", "SIG_"))
+        and code not in {ErrorCode.KEY_FILE_FORMAT, ErrorCode.KEY_FILE_PERMISSIONS}
+        and code is not ErrorCode.SIG_DOMAIN  # a local error: our own caller's domain
+    }
+    assert wanted - errors_in("identity") == set()
+    assert "ENVELOPE_EXTRA_FIELD" in errors_in("envelope")
+
+
+def test_rfc8032_test_1_is_pinned() -> None:
+    vectors = load(VECTORS / "identity.json")
+    derivations = [t for g, t in each_test(vectors) if g["type"] == "key-derivation"]
+    test1 = derivations[0]
+    assert test1["input"]["seed"] == (
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+    )
+    assert test1["expected"]["publicKey"] == (
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    )
+
+
+def first_test(vectors: Json, result: str, group_type: str | None = None) -> Json:
+    return next(
+        t
+        for g, t in each_test(vectors)
+        if t["result"] == result and (group_type is None or g["type"] == group_type)
+    )
+
+
+def test_runner_fails_a_wrong_expected_value(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "codec.json")
+    test = first_test(vectors, "valid")
+    test["expected"]["value"] = {"uint": "12345"}
+    assert interop.run_suite("codec", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
+
+
+def test_runner_checks_the_encoding_direction(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A valid codec vector needs decode(cbor) == value and encode(value) == cbor. Our strict
+    # decoder makes the second follow from the first, so break the encoder to see it checked.
+    vectors = load(VECTORS / "codec.json")
+    test = first_test(vectors, "valid")
+    assert interop.run_suite("codec", vectors)[test["tcId"]] == interop.PASS
+    monkeypatch.setattr(interop.codec, "encode", lambda value: b"\xf6")
+    assert interop.run_suite("codec", vectors)[test["tcId"]] == interop.FAIL
+
+
+def test_runner_fails_a_wrong_error_code() -> None:
+    vectors = load(VECTORS / "codec.json")
+    test = first_test(vectors, "invalid")
+    test["error"] = "CBOR_FLOAT" if test["error"] != "CBOR_FLOAT" else "CBOR_TRUNCATED"
+    assert interop.run_suite("codec", vectors)[test["tcId"]] == interop.FAIL
+
+
+def test_runner_fails_an_invalid_vector_that_is_accepted() -> None:
+    vectors = load(VECTORS / "identity.json")
+    test = first_test(vectors, "invalid", "ed25519-verify")
+    valid = first_test(vectors, "valid", "ed25519-verify")
+    test["input"] = dict(valid["input"])
+    assert interop.run_suite("identity", vectors)[test["tcId"]] == interop.FAIL
+
+
+def test_runner_reports_a_crash_as_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "envelope.json")
+    test = first_test(vectors, "invalid")
+    test["input"]["envelope"] = "not hex"  # bytes.fromhex raises ValueError
+    assert interop.run_suite("envelope", vectors)[test["tcId"]] == interop.FAIL
+    err = capsys.readouterr().err
+    assert "ValueError" in err and "Traceback" in err
+
+
+def test_runner_marks_unknown_group_types_unsupported() -> None:
+    vectors = load(VECTORS / "codec.json")
+    vectors["testGroups"][0]["type"] = "from-the-future"
+    results = interop.run_suite("codec", vectors)
+    ids = [t["tcId"] for t in vectors["testGroups"][0]["tests"]]
+    assert {results[i] for i in ids} == {interop.UNSUPPORTED}
+    assert set(interop.run_suite("no-such-suite", vectors).values()) == {interop.UNSUPPORTED}
+
+
+def test_typed_values_round_trip() -> None:
+    vectors = load(VECTORS / "codec.json")
+    for _, test in each_test(vectors):
+        value = test["expected"].get("value")
+        if value is not None:
+            assert interop.to_typed(interop.from_typed(value)) == value
+    for malformed in ({"uint": "-1"}, {"uint": "01"}, {"nint": "5"}, {"bool": "true"}, {}):
+        with pytest.raises(ValueError):
+            interop.from_typed(malformed)
+
+
+# ----------------------------------------------------------------------------- (d) CDDL
+
+
+def cddl_groups() -> Iterator[tuple[str, Json]]:
+    for suite, name in SUITE_FILES.items():
+        for group in load(VECTORS / name)["testGroups"]:
+            if "cddl" in group:
+                yield suite, group
+
+
+def structurally_valid(test: Json) -> bool:
+    """Valid vectors, and invalid ones that fail only on a key or signature."""
+    return test["result"] == "valid" or test["error"].startswith(("SIG_", "KEY_"))
+
+
+def check_cddl(group: Json, spec_root: Path) -> int:
+    """Validate the group's structurally valid inputs against its CDDL rule; return how many."""
+    cddl = group["cddl"]
+    text = (spec_root / cddl["file"]).read_text(encoding="utf-8")
+    # pycddl validates against the first rule of a schema: put an alias of ours first.
+    schema = pycddl.Schema(f"starling-vector-root = {cddl['rule']}\n{text}")
+    checked = 0
+    for test in group["tests"]:
+        if structurally_valid(test):
+            schema.validate_cbor(bytes.fromhex(test["input"][cddl["field"]]))
+            checked += 1
+    return checked
+
+
+def test_there_are_cddl_groups() -> None:
+    suites = [suite for suite, _ in cddl_groups()]
+    assert "envelope" in suites
+    assert "codec" in suites
+
+
+@pytest.mark.parametrize(("suite", "group"), list(cddl_groups()))
+def test_structurally_valid_inputs_match_their_cddl_rule(suite: str, group: Json) -> None:
+    cddl_file = ROOT / group["cddl"]["file"]
+    assert cddl_file.is_file(), f"{suite}: vectors refer to {cddl_file}, which is missing"
+    assert check_cddl(group, ROOT) > 0
+
+
+def test_cddl_check_catches_a_mismatch(tmp_path: Path) -> None:
+    # The same check against a rule the envelopes do not match must fail.
+    group = next(group for suite, group in cddl_groups() if suite == "envelope")
+    (tmp_path / "spec" / "cddl").mkdir(parents=True)
+    (tmp_path / group["cddl"]["file"]).write_text(
+        f"{group['cddl']['rule']} = {{ 1: bstr .size 31, 2: bstr, 3: bstr }}\n", encoding="utf-8"
+    )
+    with pytest.raises(pycddl.ValidationError):
+        check_cddl(group, tmp_path)
+
+
+# ----------------------------------------------------------------------------- (e) run_main
+
+
+@pytest.mark.parametrize("suite", sorted(SUITE_FILES))
+def test_run_main_prints_a_verdict_for_every_test(
+    suite: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = VECTORS / SUITE_FILES[suite]
+    assert interop.run_main(suite, str(path)) == 0
+    verdicts = json.loads(capsys.readouterr().out)
+    ids = [str(test["tcId"]) for _, test in each_test(load(path))]
+    assert list(verdicts) == ids
+    assert set(verdicts.values()) == {"pass"}
+
+
+def test_run_main_exits_127_for_an_unknown_suite(capsys: pytest.CaptureFixture[str]) -> None:
+    assert interop.run_main("no-such-suite", str(VECTORS / "codec.json")) == 127
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no-such-suite" in captured.err
+
+
+# ----------------------------------------------------------------------------- (f) verify_main
+
+
+def test_verify_main_runs_our_implementation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert interop.verify_main([], None, False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(load(VECTORS / name)["numberOfTests"] for name in SUITE_FILES.values())
+    assert lines[-1] == f"{total} passed, 0 failed"
+    for suite in SUITE_FILES:
+        pattern = rf"{suite}\s+\d+ passed, 0 failed, 0 unsupported  \(.*{suite}\.json\)$"
+        assert any(re.match(pattern, line) for line in lines), suite
+
+
+def test_verify_main_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert interop.verify_main([str(VECTORS / "codec.json")], None, True) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert report["failed"] == report["unsupported"] == 0
+    assert report["passed"] == load(VECTORS / "codec.json")["numberOfTests"]
+    assert [f["suite"] for f in report["files"]] == ["codec"]
+
+
+def test_verify_main_fails_on_a_failing_vector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vectors = load(VECTORS / "codec.json")
+    first_test(vectors, "invalid")["error"] = "CBOR_FLOAT"
+    (tmp_path / "codec.json").write_text(json.dumps(vectors), encoding="utf-8")
+    assert interop.verify_main([str(tmp_path)], None, False) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith(" passed, 1 failed")
+
+
+def test_verify_main_without_vectors_explains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert interop.verify_main([str(tmp_path / "missing")], None, False) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+FAKE_HARNESS = """\
+import json, sys
+verdict = sys.argv[1]
+suite, path = sys.argv[2], sys.argv[3]
+if verdict == "unknown-suite":
+    sys.exit(127)
+vectors = json.load(open(path, encoding="utf-8"))
+ids = [t["tcId"] for g in vectors["testGroups"] for t in g["tests"]]
+verdicts = {str(i): "pass" for i in ids}
+if verdict == "one-fail":
+    verdicts[str(ids[-1])] = "fail"
+if verdict == "one-missing":
+    del verdicts[str(ids[0])]
+if verdict == "one-unsupported":
+    verdicts[str(ids[0])] = "unsupported"
+print(json.dumps(verdicts))
+"""
+
+
+@pytest.fixture
+def fake_harness(tmp_path: Path) -> str:
+    script = tmp_path / "fake_harness.py"
+    script.write_text(FAKE_HARNESS, encoding="utf-8")
+    return f"{sys.executable} {script}"
+
+
+@pytest.mark.parametrize(
+    ("verdict", "exit_code", "total_line"),
+    [
+        ("all-pass", 0, "{n} passed, 0 failed"),
+        ("one-fail", 1, "{m} passed, 1 failed"),
+        ("one-missing", 1, "{m} passed, 1 failed"),
+        ("one-unsupported", 1, "{m} passed, 1 failed"),
+        ("unknown-suite", 1, "0 passed, {n} failed"),
+    ],
+)
+def test_verify_main_honours_an_external_harness(
+    fake_harness: str,
+    verdict: str,
+    exit_code: int,
+    total_line: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = VECTORS / "identity.json"
+    n = load(path)["numberOfTests"]
+    assert interop.verify_main([str(path)], f"{fake_harness} {verdict}", False) == exit_code
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == total_line.format(n=n, m=n - 1)
+    assert lines[0].startswith("identity ")
+
+
+def test_verify_main_may_allow_unsupported(
+    fake_harness: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(VECTORS / "envelope.json")
+    code = interop.verify_main([path], f"{fake_harness} one-unsupported", False, True)
+    assert code == 0
+    assert "1 unsupported" in capsys.readouterr().out
+
+
+def test_our_own_harness_through_the_external_contract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Our run_main, driven as an external command, must pass the committed vectors too.
+    script = tmp_path / "our_harness.py"
+    script.write_text(
+        "import sys\nfrom starling.node.interop import run_main\n"
+        "sys.exit(run_main(sys.argv[1], sys.argv[2]))\n",
+        encoding="utf-8",
+    )
+    assert interop.verify_main([], f"{sys.executable} {script}", False) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(" passed, 0 failed")
