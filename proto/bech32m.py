@@ -59,9 +59,18 @@ def encode(hrp: str, data: bytes) -> str:
 def decode(text: str, hrp: str, size: int, what: str) -> bytes:
     """Parse ``text`` as the bech32m form of ``size`` bytes under prefix ``hrp``.
 
-    Checks, in this order: one case only [ID-R4], the prefix [ID-R5], the alphabet
-    [ID-R5], the length [ID-R6], the checksum [ID-R6], zero padding bits [ID-R7].
+    Checks, in this order: ASCII only [ID-R5], one case only [ID-R4], the prefix
+    [ID-R5], the alphabet [ID-R5], the length [ID-R6], the checksum [ID-R6], zero
+    padding bits [ID-R7].
     """
+    if not text.isascii():
+        bad = next(i for i, ch in enumerate(text) if not ch.isascii())
+        raise IdentityError(
+            ErrorCode.ID_TEXT_CHARACTER,
+            f"{what} has the non-ASCII character {text[bad]!r} at position {bad}",
+            "ID-R5",
+        )
+    # ASCII only from here on, so lower()/upper() cannot fold other scripts into ASCII.
     if text.lower() != text and text.upper() != text:
         raise IdentityError(
             ErrorCode.ID_TEXT_MIXED_CASE, f"{what} mixes upper and lower case", "ID-R4"

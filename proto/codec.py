@@ -204,7 +204,8 @@ class _Reader:
         if info <= 27:
             size = 1 << (info - 24)
             arg = int.from_bytes(self.take(size, at), "big")
-            # Floats (major 7, info 25-27) are not integers: their "shortest form" is moot.
+            # Major type 7 is exempt: 0xf9-0xfb are floats (CBOR_FLOAT) and 0xf8 is a
+            # two-byte simple value (CBOR_SIMPLE_VALUE) whatever its argument.
             if major != 7 and arg < (24 if size == 1 else 1 << (4 * size)):
                 raise self.fail(
                     ErrorCode.CBOR_NON_SHORTEST,
@@ -308,9 +309,7 @@ class _Reader:
                     f"item at nesting level {level + 1} exceeds the limit {self.limits.max_depth}",
                     at,
                 )
-            key_major, _, key, _ = self.head()
-            if key_major != 0:  # only reachable on truncated input, kept for clarity
-                raise self.fail(ErrorCode.CBOR_MAP_KEY_TYPE, "CBOR-R8", "map key type", at)
+            _, _, key, _ = self.head()  # major type 0, checked above
             if key == previous:
                 raise self.fail(
                     ErrorCode.CBOR_DUPLICATE_KEY, "CBOR-R10", f"map key {key} repeated", at
@@ -361,8 +360,9 @@ class Field:
     """One entry of a message's field table: map key, name, CBOR type and constraints.
 
     ``kind`` is one of ``int``, ``bytes``, ``str``, ``bool``, ``list``, ``dict``.
-    ``size`` pins the exact length of a byte string; ``max_size`` caps a byte or
-    text string or an array; ``minimum``/``maximum`` bound an integer.
+    ``size`` pins the exact length of a byte string; ``max_size`` caps a byte
+    string, a text string (in UTF-8 bytes) or an array (in items);
+    ``minimum``/``maximum`` bound an integer.
     """
 
     key: int
@@ -425,9 +425,11 @@ def _check_bounds(f: Field, value: Value, what: str) -> None:
         return CodecError(ErrorCode.SCHEMA_VALUE, f"{what}.{f.name} {reason}", "MSG-R1")
 
     if isinstance(value, bytes | str | list):
-        if f.size is not None and len(value) != f.size:
-            raise bad(f"must be {f.size} long, is {len(value)}")
-        if f.max_size is not None and len(value) > f.max_size:
+        # Text is measured in UTF-8 bytes, as on the wire, not in code points.
+        length = len(value.encode("utf-8")) if isinstance(value, str) else len(value)
+        if f.size is not None and length != f.size:
+            raise bad(f"must be {f.size} long, is {length}")
+        if f.max_size is not None and length > f.max_size:
             raise bad(f"exceeds {f.max_size}")
     if isinstance(value, int) and not isinstance(value, bool):
         if f.minimum is not None and value < f.minimum:
@@ -446,10 +448,13 @@ def dispatch(
     """
     if not isinstance(message, dict):
         raise CodecError(ErrorCode.SCHEMA_TYPE, f"{what} must be a map", "MSG-R1")
-    kind = message.get(0)
-    if not _type_ok(kind, int):
+    if 0 not in message:
         raise CodecError(ErrorCode.SCHEMA_MISSING_FIELD, f"{what} lacks its type (key 0)", "MSG-R3")
-    assert isinstance(kind, int)
+    kind = message[0]
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind < 0:
+        raise CodecError(
+            ErrorCode.SCHEMA_TYPE, f"{what} type (key 0) must be an unsigned integer", "MSG-R3"
+        )
     handler = handlers.get(kind)
     if handler is not None:
         return handler(message)

@@ -22,6 +22,7 @@ No randomness is drawn here: keys come from 32-byte seeds the caller supplies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ SMALL_ORDER_Y = frozenset(
     }
 )
 
-_DOMAIN_RE = re.compile(r"starling/[a-z0-9][a-z0-9-]{0,40}/[0-9]{1,4}")
+_DOMAIN_RE = re.compile(r"starling/[a-z0-9][a-z0-9-]{0,40}/(0|[1-9][0-9]{0,3})")
 
 
 def _decode_point_y(encoded: bytes, what: str) -> int:
@@ -101,9 +102,15 @@ def _decode_point_y(encoded: bytes, what: str) -> int:
     return y
 
 
+@functools.lru_cache(maxsize=4096)
 def check_public_key(encoded: bytes) -> None:
-    """[ID-R10] [ID-R11]: canonical, on the curve, not of small order."""
-    if _decode_point_y(encoded, "public key") in SMALL_ORDER_Y:
+    """[ID-R10] [ID-R11]: canonical, on the curve, not of small order.
+
+    The result is cached per key (only successes are: a raising call is not
+    cached): peers meet the same keys again and again, and the square root
+    behind the curve check is a 255-bit modular exponentiation in Python.
+    """
+    if _decode_point_y(bytes(encoded), "public key") in SMALL_ORDER_Y:
         raise IdentityError(
             ErrorCode.KEY_SMALL_ORDER, "public key is a point of small order", "ID-R11"
         )
@@ -268,6 +275,7 @@ def open_envelope(
     Raises CodecError (structure), IdentityError (signer key) or SignatureError.
     The caller decodes ``payload`` with its own schema afterwards.
     """
+    _check_domain(domain)  # our own argument: a local error comes before any remote one
     message = codec.decode(data, limits)
     if isinstance(message, dict):
         extra = sorted(set(message) - {1, 2, 3})

@@ -252,7 +252,8 @@ def test_dispatch_even_odd_rule() -> None:
     for bad, code in [
         ({0: 4}, ErrorCode.SCHEMA_UNKNOWN_MESSAGE_TYPE),
         ({1: 2}, ErrorCode.SCHEMA_MISSING_FIELD),
-        ({0: "2"}, ErrorCode.SCHEMA_MISSING_FIELD),
+        ({0: "2"}, ErrorCode.SCHEMA_TYPE),
+        ({0: -2}, ErrorCode.SCHEMA_TYPE),
         (b"", ErrorCode.SCHEMA_TYPE),
     ]:
         with pytest.raises(CodecError) as info:
