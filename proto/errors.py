@@ -22,7 +22,14 @@ from enum import IntEnum
 
 
 class ErrorCode(IntEnum):
-    """The error-code registry. Ranges: 0x01xx codec, 0x02xx identity, 0x03xx signatures."""
+    """The error-code registry.
+
+    Ranges: 0x0000 no error, 0x01xx codec, 0x02xx identity, 0x03xx signatures,
+    0x04xx secure sessions. QUIC application close and stream reset codes use
+    these same numbers.
+    """
+
+    NO_ERROR = 0x0000
 
     # -- 0x01xx: CBOR profile (spec/00-conventions.md) --------------------------------
     CBOR_TRUNCATED = 0x0101
@@ -70,6 +77,23 @@ class ErrorCode(IntEnum):
     SIG_DOMAIN = 0x0305
     ENVELOPE_EXTRA_FIELD = 0x0306
 
+    # -- 0x04xx: secure sessions (spec/02-secure-session.md) --------------------------
+    SESSION_NOISE_AUTH = 0x0401
+    SESSION_HANDSHAKE_MALFORMED = 0x0402
+    SESSION_IDENTITY_INVALID = 0x0403
+    SESSION_PEER_MISMATCH = 0x0404
+    SESSION_HANDSHAKE_UNEXPECTED = 0x0405
+    SESSION_HANDSHAKE_TIMEOUT = 0x0406
+    SESSION_NOT_READY = 0x0407
+    SESSION_FRAME_TOO_LARGE = 0x0410
+    SESSION_FRAME_AUTH = 0x0411
+    SESSION_PROTOCOL_UNKNOWN = 0x0412
+    SESSION_STREAM_HEADER = 0x0413
+    SESSION_STREAM_TRUNCATED = 0x0414
+    SESSION_LIMIT = 0x0420
+    SESSION_IDLE_TIMEOUT = 0x0421
+    SESSION_SHUTDOWN = 0x0422
+
 
 class StarlingError(Exception):
     """Base of every error Starling raises on purpose.
@@ -104,3 +128,7 @@ class IdentityError(RemoteProtocolError):
 
 class SignatureError(RemoteProtocolError):
     """A signature or signed envelope that does not verify under the pinned rules."""
+
+
+class SessionError(RemoteProtocolError):
+    """A peer broke the secure-session protocol; the session or stream is closed with ``code``."""
