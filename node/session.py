@@ -42,6 +42,7 @@ from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfigura
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import (
     QuicPacketType,
+    QuicProtocolVersion,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -130,6 +131,8 @@ class NodeConfig:
     reader: str = "drain"
     max_stream_data: int = 1 << 20
     max_data: int = 4 << 20
+    # QUIC v1 only (RFC 9000): aioquic would also prepare v2's Initial keys per connection.
+    quic_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,)
 
 
 # ----------------------------------------------------------------------------- QUIC glue
@@ -292,6 +295,7 @@ class Session:
             expected_peer,
         )
         self.keys: SessionKeys | None = None
+        self._handshake_fin_sent = False
         self.ready: asyncio.Future[Session] = self._loop.create_future()
         self._closed: asyncio.Future[SessionClosed] = self._loop.create_future()
         self._streams: dict[int, Stream] = {}
@@ -466,9 +470,11 @@ class Session:
     def _on_handshake_data(self, data: bytes, end: bool) -> None:
         hs = self._handshake
         reply = hs.receive(data) if data else b""
-        if reply or (hs.fin and not self.stats["hs_fin"]):
-            fin = hs.fin and not self.stats["hs_fin"]
-            self.stats["hs_fin"] += int(fin)
+        fin = (
+            hs.fin and not self._handshake_fin_sent
+        )  # close our direction once, with the last message
+        if reply or fin:
+            self._handshake_fin_sent |= fin
             self._quic.send_stream_data(HANDSHAKE_STREAM_ID, reply, end_stream=fin)
         if end:
             hs.end_of_stream()
@@ -705,6 +711,7 @@ class Node:
             connection_id_length=CID_LENGTH,
             max_stream_data=self.config.max_stream_data,
             max_data=self.config.max_data,
+            supported_versions=list(self.config.quic_versions),
         )
         if is_client:
             config.verify_mode = ssl.CERT_NONE  # identity comes from Noise [SES-R1]
@@ -726,12 +733,12 @@ class Node:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             self.stats["dropped_unknown_connection"] += 1
             return
-        if header.version not in QuicConfiguration(is_client=False).supported_versions:
+        if header.version not in self.config.quic_versions:
             self._endpoint.sendto(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
                     destination_cid=header.source_cid,
-                    supported_versions=QuicConfiguration(is_client=False).supported_versions,
+                    supported_versions=list(self.config.quic_versions),
                 ),
                 addr,
             )

@@ -94,6 +94,23 @@ class ErrorCode(IntEnum):
     SESSION_IDLE_TIMEOUT = 0x0421
     SESSION_SHUTDOWN = 0x0422
 
+    # -- 0x05xx: DHT (spec/03-dht.md) -------------------------------------------------
+    DHT_MALFORMED = 0x0501
+    DHT_TXID_UNKNOWN = 0x0502
+    DHT_PROOF_INVALID = 0x0503
+    DHT_TOKEN_INVALID = 0x0504
+    DHT_RECORD_INVALID = 0x0505
+    DHT_RECORD_KIND = 0x0506
+    DHT_RECORD_KEY_MISMATCH = 0x0507
+    DHT_RECORD_SEQ = 0x0508
+    DHT_RECORD_TOO_LARGE = 0x0509
+    DHT_RECORD_TTL = 0x050A
+    DHT_KEY_FULL = 0x050B
+    DHT_SIGNER_FULL = 0x050C
+    DHT_STORE_FULL = 0x050D
+    DHT_RATE_LIMITED = 0x050E
+    DHT_NOT_SERVING = 0x050F
+
 
 class StarlingError(Exception):
     """Base of every error Starling raises on purpose.
@@ -128,6 +145,10 @@ class IdentityError(RemoteProtocolError):
 
 class SignatureError(RemoteProtocolError):
     """A signature or signed envelope that does not verify under the pinned rules."""
+
+
+class DhtError(RemoteProtocolError):
+    """A DHT message or record that breaks spec/03-dht.md."""
 
 
 class SessionError(RemoteProtocolError):

@@ -43,6 +43,7 @@ static and ephemeral private keys, and the stream bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -105,7 +106,9 @@ def check_protocol_id(protocol: str) -> str:
     return protocol
 
 
+@functools.lru_cache(maxsize=64)
 def x25519_public(private: bytes) -> bytes:
+    """The X25519 public key of ``private`` (cached: a node's static key is reused)."""
     return (
         X25519PrivateKey.from_private_bytes(private)
         .public_key()
@@ -182,6 +185,13 @@ class HandshakePayload:
                 "SES-R7",
             ) from None
         return key
+
+
+@functools.lru_cache(maxsize=64)
+def _own_payload(identity: PrivateKey, static_public: bytes, protocols: tuple[str, ...]) -> bytes:
+    # A node signs its Noise static key once, not once per handshake: the key, the
+    # identity and the protocol list stay the same for the node's lifetime.
+    return HandshakePayload.make(identity, static_public, protocols).encode()
 
 
 # ----------------------------------------------------------------------------- keys
@@ -531,7 +541,7 @@ class Handshake:
 
     def _payload(self) -> bytes:
         """Our identity proof for msg2 or msg3 [SES-R6] [SES-R7]."""
-        return HandshakePayload.make(self._identity, self._static_public, self._protocols).encode()
+        return _own_payload(self._identity, self._static_public, self._protocols)
 
     def _accept(self, body: bytes) -> None:
         remote_static = bytes(self._hs.rs.public_bytes)
