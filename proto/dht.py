@@ -386,9 +386,13 @@ class RoutingTable:
             self.buckets[self.bucket_of(node_id)].move_to_end(node_id)
 
     def closest(self, target: bytes, count: int, exclude: bytes | None = None) -> list[Contact]:
+        """The ``count`` known nodes closest to ``target``: table entries, and also the
+        proven nodes waiting in replacement lists (after a wave of departures they are
+        often the live ones)."""
         t = int.from_bytes(target, "big")
+        pool = itertools.chain(self._index.values(), *(r.values() for r in self.replacements))
         return sorted(
-            (c for c in self._index.values() if c.node_id != exclude and c.failures < 2),
+            (c for c in pool if c.node_id != exclude and c.failures < 2),
             key=lambda c: int.from_bytes(c.node_id, "big") ^ t,
         )[:count]
 
@@ -1172,10 +1176,17 @@ class DhtNode:
         self._signer_counts[record.signer_id] += 1
 
     def _live(self, key: bytes) -> list[tuple[Record, float]]:
+        """Unexpired records under ``key``, in an order of this node's own: by
+        SHA-256(this node's ID || signer ID). When not all fit in a reply, each storing
+        node answers with a different subset, so a GET asking several of them gathers
+        many members [DHT-R28]."""
         slot = self.records.get(key)
         if not slot:
             return []
-        return sorted(((r, e) for r, e in slot.values() if e > self._now), key=lambda re: -re[1])
+        return sorted(
+            ((r, e) for r, e in slot.values() if e > self._now),
+            key=lambda re: hashlib.sha256(self.node_id + re[0].signer_id).digest(),
+        )
 
     def _expire(self) -> None:
         for key in list(self.records):
