@@ -1,0 +1,42 @@
+"""``python -m bench NAME [options]``: run one benchmark, chosen by name from a table.
+
+A benchmark is a module with ``main(argv) -> int``; add a row to ``BENCHMARKS``
+to add one (``dht``, ``nat``, ``gossip``, ``community``, ``journey`` are planned).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "session": (
+        "bench.session",
+        "handshakes/s, throughput and RTT of Starling sessions vs raw aioquic and py-libp2p",
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m bench NAME [options]   (python -m bench NAME --help)", ""]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "--list"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    entry = BENCHMARKS.get(name)
+    if entry is None:
+        print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    return int(module.main(rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

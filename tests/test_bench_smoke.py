@@ -1,0 +1,95 @@
+"""The session benchmark runs end to end (quick mode) and reports every figure.
+
+Only that the figures exist and are positive is asserted: timing is measured by
+the benchmark, never judged by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+FIGURES = [
+    "handshakes_per_s",
+    "throughput_MBps",
+    "throughput_8streams_MBps",
+    "rtt_us_p50",
+    "rtt_us_p99",
+    "raw_quic_handshakes_per_s",
+    "raw_quic_throughput_MBps",
+    "raw_quic_throughput_8streams_MBps",
+    "raw_quic_rtt_us_p50",
+    "raw_quic_rtt_us_p99",
+    "throughput_MBps_drain",
+    "throughput_MBps_transport",
+    "handshakes_vs_raw",
+    "throughput_vs_raw",
+    "rtt_vs_raw",
+]
+LIBP2P_FIGURES = ["libp2p_handshakes_per_s", "libp2p_throughput_MBps", "libp2p_rtt_us_p50"]
+
+
+def test_session_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "session.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "session",
+            "--quick",
+            "--stacks",
+            "starling,raw_quic",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    for key in FIGURES:
+        value = report[key]
+        assert isinstance(value, int | float) and value > 0, (key, value)
+    for key in LIBP2P_FIGURES:  # not requested: present, null, and explained
+        assert key in report and report[key] is None
+    assert report["notes"]["libp2p"]
+    assert report["hash_ok"] is True
+    assert report["hash_checks"] > 0
+    assert report["errors"] == []
+    assert set(report["targets"]) == {"handshakes", "throughput", "rtt_p50"}
+    assert all(isinstance(t["met"], bool) for t in report["targets"].values())
+    assert "ECDSA P-256" in " ".join(report["notes"]["raw_quic"])
+    env = report["environment"]
+    assert env["python"] and env["aioquic_version"] and env["cpu_count"] >= 1
+
+
+def test_dispatcher_lists_benchmarks() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "session" in proc.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "bench", "no-such-benchmark"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unknown.returncode == 2
