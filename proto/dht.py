@@ -342,7 +342,9 @@ class RoutingTable:
                 return True
             stale = next((c for c in bucket.values() if c.failures >= 2), None)
             if stale is not None:
-                self.remove(stale.node_id)
+                # The newcomer, just proven, takes the stale entry's place.
+                del bucket[stale.node_id]
+                del self._index[stale.node_id]
                 continue
             if i == len(self.buckets) - 1 and i < 255:
                 self._split()
