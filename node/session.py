@@ -124,7 +124,10 @@ class NodeConfig:
     keepalive_interval: float = 10.0  # below common ~30 s NAT UDP mapping lifetimes
     handshake_timeout: float = 10.0
     max_sessions: int = 1024
-    max_half_open_per_ip: int = 16
+    # Unfinished handshakes: per source IP (a carrier-grade NAT puts many people behind
+    # one address) and in all.
+    max_half_open_per_ip: int = 64
+    max_half_open: int = 512
     # 1350 fits every path with a 1400-byte MTU; aioquic's own default is RFC 9000's 1200.
     max_datagram_size: int = 1350
     x25519_only: bool = True
@@ -298,6 +301,7 @@ class Session:
         self._handshake_fin_sent = False
         self.ready: asyncio.Future[Session] = self._loop.create_future()
         self._closed: asyncio.Future[SessionClosed] = self._loop.create_future()
+        self._cids: set[bytes] = set()  # connection IDs routed to this session
         self._streams: dict[int, Stream] = {}
         self._inbound: dict[int, FrameReader] = {}  # peer streams whose header has not come
         self._refused: set[int] = set()
@@ -460,9 +464,10 @@ class Session:
             if stream is not None:
                 stream._fail(StreamClosed(event.error_code, "reset by peer"))
         elif isinstance(event, events.ConnectionIdIssued):
-            self.node._routes[event.connection_id] = self
+            self.node._route(event.connection_id, self)
         elif isinstance(event, events.ConnectionIdRetired):
             self.node._routes.pop(event.connection_id, None)
+            self._cids.discard(event.connection_id)
         elif isinstance(event, events.ConnectionTerminated):
             by_peer = not self.closed
             self._terminate(event.error_code, event.reason_phrase, by_peer=by_peer, final=True)
@@ -673,7 +678,7 @@ class Node:
         quic.x25519_only = self.config.x25519_only
         session = Session(self, quic, addr, Role.INITIATOR, peer_id)
         self._sessions.add(session)
-        self._routes[quic.host_cid] = session
+        self._route(quic.host_cid, session)
         quic.connect(addr, now=asyncio.get_running_loop().time())
         # msg1 rides with the client's first 1-RTT packet, right after the TLS Finished.
         quic.send_stream_data(HANDSHAKE_STREAM_ID, session._handshake.start())
@@ -750,6 +755,9 @@ class Node:
         if self._half_open[addr[0]] >= self.config.max_half_open_per_ip:
             self.stats["refused_half_open_limit"] += 1
             return
+        if self._half_open.total() >= self.config.max_half_open:
+            self.stats["refused_half_open_total"] += 1
+            return
         quic = _QuicConnection(
             configuration=self._quic_config(is_client=False),
             original_destination_connection_id=header.destination_cid,
@@ -758,9 +766,13 @@ class Node:
         session = Session(self, quic, addr, Role.RESPONDER, None)
         self._sessions.add(session)
         self._half_open[addr[0]] += 1
-        self._routes[header.destination_cid] = session
-        self._routes[quic.host_cid] = session
+        self._route(header.destination_cid, session)
+        self._route(quic.host_cid, session)
         session._datagram_received(data, addr)
+
+    def _route(self, cid: bytes, session: Session) -> None:
+        self._routes[cid] = session
+        session._cids.add(cid)
 
     def _on_ready(self, session: Session) -> None:
         if session.role is Role.RESPONDER:
@@ -782,8 +794,10 @@ class Node:
 
     def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
-        for cid in [c for c, s in self._routes.items() if s is session]:
-            del self._routes[cid]
+        for cid in session._cids:
+            if self._routes.get(cid) is session:
+                del self._routes[cid]
+        session._cids.clear()
 
     def _emit(self, event: SessionEvent) -> None:
         for listener in list(self._listeners):
