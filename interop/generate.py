@@ -13,10 +13,15 @@ our code does. This script therefore keeps three kinds of knowledge apart:
   encodings where one exists, RFC 8032 test keys and signatures hard-coded
   from the RFC, the worked examples of spec/ hard-coded from the spec, peer ID
   text forms against a bech32m encoder written here from BIP 350, signatures
-  against libsodium over a signing input built here.
+  against libsodium over a signing input built here, session transcripts
+  against a Noise XX written here from the Noise specification on the
+  ``cryptography`` package's X25519, ChaCha20-Poly1305 and HMAC (our session
+  core drives the ``noiseprotocol`` package instead), stream keys against
+  ``cryptography``'s HKDF.
 * **Invalid vectors** are written by hand: literal hex (or structures built
-  with ``cbor2``, which does not know our profile) and an error name chosen by
-  reading the spec rule. Our decoder is run on each one only to catch a
+  with ``cbor2``, which does not know our profile, or handshake messages made
+  by the Noise XX written here, with any payload, prologue or key) and an
+  error name chosen by reading the spec rule. Our decoder is run on each one only to catch a
   disagreement: if it does not raise exactly the hand-assigned error, the
   generator aborts, because either the vector or ``starling.proto`` is wrong
   and a human must decide which.
@@ -34,26 +39,36 @@ and tests/test_interop.py checks that the committed files are reproduced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import hmac
 import json
 import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import cbor2
 import nacl.signing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import starling.proto
 from starling.proto import codec, identity
+from starling.proto import session as ses
 from starling.proto.errors import ErrorCode, StarlingError
+from starling.proto.network import network_id
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "vectors"
 FORMAT = "starling-vectors/1"
 GENERATOR = "interop/generate.py"
-SPEC_REVISION = 1
+SPEC_DIR = HERE.parent / "spec"
 
 Json = dict[str, Any]
 
@@ -64,6 +79,19 @@ class GenerationError(Exception):
 
 def abort(message: str) -> NoReturn:
     raise GenerationError(message)
+
+
+def spec_revision(document: str) -> int:
+    """The revision in the header table of spec/<document>: the vectors test that one."""
+    path = SPEC_DIR / document
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        abort(f"cannot read {path} for its revision: {exc}")
+    found = re.search(r"^\| Revision\s*\|\s*([0-9]+)\s*\|", text, re.MULTILINE)
+    if found is None:
+        abort(f"{path} has no 'Revision' row in its header table")
+    return int(found.group(1))
 
 
 def seed(label: str) -> bytes:
@@ -168,7 +196,7 @@ class VectorFile:
         document: Json = {
             "schema": FORMAT,
             "suite": self.suite,
-            "spec": {"document": self.document, "revision": SPEC_REVISION},
+            "spec": {"document": self.document, "revision": spec_revision(self.document)},
             "generator": GENERATOR,
             "numberOfTests": self.next_id - 1,
             "notes": {flag: {"description": text} for flag, text in self.notes.items()},
@@ -515,21 +543,30 @@ MESSAGES: list[tuple[str, str, list[int], str, bool | str, list[str]]] = [
     ("00-conventions 5.5: {0: 7, 1: 'x'}, unknown odd type, ignored", "a2 00 07 01 61 78",
      [2], "MSG-R3", False, SPEC),
     ("unknown odd type 65537 is ignored", "a1 00 1a 00 01 00 01", [], "MSG-R3", False, []),
-    ("unknown odd negative type -1 is ignored", "a1 00 20", [1, 2], "MSG-R3", False, []),
     ("00-conventions 5.5: {0: 4}, unknown even type", "a1 00 04", [2], "MSG-R3",
      "SCHEMA_UNKNOWN_MESSAGE_TYPE", SPEC),
     ("unknown even type 4 with a field", "a2 00 04 01 00", [1, 2], "MSG-R3",
      "SCHEMA_UNKNOWN_MESSAGE_TYPE", []),
     ("unknown even type 0", "a1 00 00", [1, 2], "MSG-R3", "SCHEMA_UNKNOWN_MESSAGE_TYPE", []),
-    ("unknown even negative type -2", "a1 00 21", [1, 2], "MSG-R3",
-     "SCHEMA_UNKNOWN_MESSAGE_TYPE", []),
     ("00-conventions 5.5: no key 0", "a1 01 65 61 6c 69 63 65", [2], "MSG-R3",
      "SCHEMA_MISSING_FIELD", SPEC),
     ("empty map", "a0", [1, 2], "MSG-R3", "SCHEMA_MISSING_FIELD", []),
-    ("type is a text string", "a1 00 61 32", [1, 2], "MSG-R3", "SCHEMA_MISSING_FIELD", []),
-    ("type is true (booleans are not integers)", "a1 00 f5", [1, 2], "MSG-R3",
+    ("00-conventions 5.5: {0: '2'}, type is a text string", "a1 00 61 32", [1, 2], "MSG-R3",
+     "SCHEMA_TYPE", SPEC),
+    ("00-conventions 5.5: {0: -2}, type is a negative integer (even, but not a type)",
+     "a1 00 21", [1, 2], "MSG-R3", "SCHEMA_TYPE", SPEC),
+    ("type -1, a negative integer (odd, but not a type: not ignored)", "a1 00 20", [1, 2],
+     "MSG-R3", "SCHEMA_TYPE", []),
+    ("type -2**64, the smallest negative integer", "a1 00 3b ff ff ff ff ff ff ff ff", [1, 2],
+     "MSG-R3", "SCHEMA_TYPE", []),
+    ("type is true (booleans are not integers)", "a1 00 f5", [1, 2], "MSG-R3", "SCHEMA_TYPE",
+     []),
+    ("type is null", "a1 00 f6", [1, 2], "MSG-R3", "SCHEMA_TYPE", []),
+    ("type is a byte string", "a1 00 41 02", [1, 2], "MSG-R3", "SCHEMA_TYPE", []),
+    ("type is an array holding a known type", "a1 00 81 02", [1, 2], "MSG-R3", "SCHEMA_TYPE",
+     []),
+    ("key 0 absent, other fields present", "a2 01 02 03 04", [1, 2], "MSG-R3",
      "SCHEMA_MISSING_FIELD", []),
-    ("type is null", "a1 00 f6", [1, 2], "MSG-R3", "SCHEMA_MISSING_FIELD", []),
     ("an array, not a map", "82 00 02", [1, 2], "MSG-R1", "SCHEMA_TYPE", []),
     ("a text string, not a map", "61 61", [1, 2], "MSG-R1", "SCHEMA_TYPE", []),
 ]
@@ -1005,9 +1042,11 @@ IDENTITY_NOTES = {
     "gives the label.",
     "Case": "Tests the rule that a peer ID text form is all lowercase or all uppercase.",
     "Typo": "A peer ID text form damaged the way a person copying it might damage it.",
-    "NonAscii": "A non-ASCII character in the data part. The text form is ASCII and "
-    "lowering changes only A-Z: Unicode case mapping must not turn such a character into "
-    "an ASCII letter (or make the text look mixed-case).",
+    "NonAscii": "A non-ASCII character somewhere in the text (prefix, separator, data or "
+    "checksum). The text form is ASCII, and the ASCII check comes before every other one "
+    "(01-identity.md 4.2, step 1): Unicode case mapping must not turn such a character into "
+    "an ASCII letter (U+212A KELVIN SIGN lowercases to 'k'), nor make the text look "
+    "mixed-case or give it another prefix.",
     "Bech32": "A checksum computed with the bech32 constant 1 (BIP 173) instead of the "
     "bech32m constant 0x2bc830a3 (BIP 350).",
     "Padding": "The last 5-bit group carries non-zero padding bits under a correct checksum: "
@@ -1116,6 +1155,9 @@ def identity_suite() -> VectorFile:
     substituted = BECH32_ALPHABET[(BECH32_ALPHABET.index(body[30]) + 1) % 32]
     swap = next(i for i in range(12, len(body) - 1) if body[i] != body[i + 1])
     last = BECH32_ALPHABET[(BECH32_ALPHABET.index(good[-1]) + 7) % 32]
+    kelvin = good.index("k")  # 01-identity.md 4.3 puts U+212A here
+    if kelvin != 55:
+        abort("the 'k' of the 01-identity.md 4.3 text form is not at position 55")
     # 32 bytes = 256 bits in 52 groups: the last group holds 1 data bit and 4 padding bits.
     padded = {bits: [*groups[:-1], groups[-1] | bits] for bits in (0b0001, 0b1000, 0b1111)}
     # fmt: off
@@ -1149,6 +1191,28 @@ def identity_suite() -> VectorFile:
          good.upper()[:20] + "\u017f" + good.upper()[21:], "ID_TEXT_CHARACTER", "ID-R5",
          ["NonAscii"]),
         ("U+00E9 in the data part", good[:20] + "\u00e9" + good[21:], "ID_TEXT_CHARACTER",
+         "ID-R5", ["NonAscii"]),
+        ("01-identity.md 4.3: U+212A KELVIN SIGN in place of the 'k' of a lowercase form "
+         "(Unicode lowering gives the valid text; ASCII-only case checks would call it mixed)",
+         good[:kelvin] + "\u212a" + good[kelvin + 1:], "ID_TEXT_CHARACTER", "ID-R5",
+         ["NonAscii", "SpecExample"]),
+        ("01-identity.md 4.3: U+212A KELVIN SIGN in place of the 'K' of an uppercase form "
+         "(Unicode lowering gives the valid text)",
+         good.upper()[:kelvin] + "\u212a" + good.upper()[kelvin + 1:], "ID_TEXT_CHARACTER",
+         "ID-R5", ["NonAscii", "SpecExample"]),
+        ("01-identity.md 4.3: U+0455 CYRILLIC DZE in place of the prefix's 's' (ASCII is "
+         "checked before the prefix)", "\u0455" + good[1:], "ID_TEXT_CHARACTER", "ID-R5",
+         ["NonAscii", "SpecExample"]),
+        ("U+017F LONG S as the prefix's 's' of an uppercase form (Unicode uppercases it to "
+         "'S')", "\u017fP1" + good.upper()[3:], "ID_TEXT_CHARACTER", "ID-R5", ["NonAscii"]),
+        ("U+00E9 in an uppercase form (ASCII is checked before the case)",
+         good.upper()[:20] + "\u00e9" + good.upper()[21:], "ID_TEXT_CHARACTER", "ID-R5",
+         ["NonAscii"]),
+        ("U+FF11 FULLWIDTH DIGIT ONE as the separator", "sp\uff11" + body,
+         "ID_TEXT_CHARACTER", "ID-R5", ["NonAscii"]),
+        ("U+00A0 NO-BREAK SPACE after the checksum", good + "\u00a0", "ID_TEXT_CHARACTER",
+         "ID-R5", ["NonAscii"]),
+        ("U+00E9 in the checksum", good[:-2] + "\u00e9" + good[-1:], "ID_TEXT_CHARACTER",
          "ID-R5", ["NonAscii"]),
         ("31 bytes (valid bech32m)", bech32_text("sp", five_bit_groups(test1_peer[:31])),
          "ID_TEXT_LENGTH", "ID-R6", []),
@@ -1560,12 +1624,1023 @@ def envelope_suite() -> VectorFile:
     return vf
 
 
+# ----------------------------------------------------------------------------- session suite
+# Noise_XX_25519_ChaChaPoly_SHA256, written here from the Noise Protocol Framework
+# (revision 34, sections 4, 5 and 7) on the `cryptography` primitives, independently of
+# starling.proto.session (which drives the `noiseprotocol` package). It computes the valid
+# transcripts a second time and crafts the invalid handshake messages.
+
+NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+NOISE_STATIC_DOMAIN = "starling/noise-static/1"
+
+
+def x25519_pub(private: bytes) -> bytes:
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+
+
+def x25519_dh(private: bytes, public: bytes) -> bytes:
+    # `cryptography` refuses an all-zero result (a small-order public key) with ValueError.
+    return X25519PrivateKey.from_private_bytes(private).exchange(
+        X25519PublicKey.from_public_bytes(public)
+    )
+
+
+def noise_hkdf(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    """Noise's HKDF(ck, ikm, 2), section 4.3."""
+    temp = hmac.new(chaining_key, ikm, hashlib.sha256).digest()
+    out1 = hmac.new(temp, b"\x01", hashlib.sha256).digest()
+    out2 = hmac.new(temp, out1 + b"\x02", hashlib.sha256).digest()
+    return out1, out2
+
+
+def noise_nonce(n: int) -> bytes:
+    return bytes(4) + n.to_bytes(8, "little")
+
+
+class NoiseXX:
+    """One side of an XX handshake (Noise sections 5.1-5.3), with any payload bytes."""
+
+    def __init__(self, initiator: bool, prologue: bytes, static: bytes, ephemeral: bytes) -> None:
+        self.initiator = initiator
+        self.s, self.e = static, ephemeral
+        self.h = NOISE_NAME if len(NOISE_NAME) == 32 else hashlib.sha256(NOISE_NAME).digest()
+        self.ck = self.h
+        self.k: bytes | None = None
+        self.n = 0
+        self.re = self.rs = b""
+        self.mix_hash(prologue)
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, self.k = noise_hkdf(self.ck, ikm)
+        self.n = 0
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        if self.k is None:
+            ciphertext = plaintext
+        else:
+            ciphertext = ChaCha20Poly1305(self.k).encrypt(noise_nonce(self.n), plaintext, self.h)
+            self.n += 1
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        if self.k is None:
+            plaintext = ciphertext
+        else:
+            plaintext = ChaCha20Poly1305(self.k).decrypt(noise_nonce(self.n), ciphertext, self.h)
+            self.n += 1
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def write1(self) -> bytes:  # -> e
+        e_pub = x25519_pub(self.e)
+        self.mix_hash(e_pub)
+        return e_pub + self.encrypt_and_hash(b"")
+
+    def read1(self, message: bytes) -> None:
+        self.re = message[:32]
+        self.mix_hash(self.re)
+        self.decrypt_and_hash(message[32:])
+
+    def write2(self, payload: bytes) -> bytes:  # <- e, ee, s, es
+        e_pub = x25519_pub(self.e)
+        self.mix_hash(e_pub)
+        self.mix_key(x25519_dh(self.e, self.re))
+        s_enc = self.encrypt_and_hash(x25519_pub(self.s))
+        self.mix_key(x25519_dh(self.s, self.re))
+        return e_pub + s_enc + self.encrypt_and_hash(payload)
+
+    def read2(self, message: bytes) -> bytes:
+        self.re = message[:32]
+        self.mix_hash(self.re)
+        self.mix_key(x25519_dh(self.e, self.re))
+        self.rs = self.decrypt_and_hash(message[32:80])
+        self.mix_key(x25519_dh(self.e, self.rs))
+        return self.decrypt_and_hash(message[80:])
+
+    def write3(self, payload: bytes) -> bytes:  # -> s, se
+        s_enc = self.encrypt_and_hash(x25519_pub(self.s))
+        self.mix_key(x25519_dh(self.s, self.re))
+        return s_enc + self.encrypt_and_hash(payload)
+
+    def read3(self, message: bytes) -> bytes:
+        self.rs = self.decrypt_and_hash(message[:48])
+        self.mix_key(x25519_dh(self.e, self.rs))
+        return self.decrypt_and_hash(message[48:])
+
+    def split(self) -> tuple[bytes, bytes]:
+        return noise_hkdf(self.ck, b"")
+
+
+def frame16(message: bytes) -> bytes:
+    """A handshake message or stream frame on the wire: u16be length, then the bytes."""
+    return len(message).to_bytes(2, "big") + message
+
+
+def prologue_of(network: bytes, tag: bytes = b"starling/noise/1") -> bytes:
+    return tag + network
+
+
+def payload_bytes(identity_seed: bytes, static: bytes, protocols: list[str]) -> bytes:
+    """A handshake payload built with cbor2 and libsodium from 02-secure-session 4.3."""
+    signer = nacl.signing.SigningKey(identity_seed)
+    signature = signer.sign(signing_input(NOISE_STATIC_DOMAIN, x25519_pub(static))).signature
+    return cbor2.dumps({1: bytes(signer.verify_key), 2: signature, 3: protocols}, canonical=True)
+
+
+def stream_key_reference(h: bytes, base: bytes, stream_id: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869) by the `cryptography` package, 02-secure-session 5."""
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=h,
+        info=b"starling/stream/1" + stream_id.to_bytes(8, "big"),
+    ).derive(base)
+
+
+def seal_reference(key: bytes, counter: int, plaintext: bytes) -> bytes:
+    return frame16(ChaCha20Poly1305(key).encrypt(noise_nonce(counter), plaintext, None))
+
+
+SESSION_NOTES = {
+    "SpecExample": "Taken from a worked example of 02-secure-session.md, hard-coded here from "
+    "the spec.",
+    "Seeded": 'Keys derived from seeds SHA-256("starling-vectors/" + label).',
+    "Split": "Bytes delivered in chunks that cut through frames (QUIC may deliver a stream's "
+    "bytes in any split); the result must not depend on where the cuts are.",
+    "Extension": "A payload or header carrying an unknown odd key, which the receiver ignores "
+    "(00-conventions 5.3).",
+    "WrongNetwork": "Built by a peer whose Noise prologue names another network ID: the "
+    "handshake fails to authenticate, which is how two networks are kept apart.",
+    "Forged": "The identity proof does not hold: the signature is not by the identity key "
+    "over the sender's Noise static key under starling/noise-static/1.",
+    "Tampered": "One bit of an authenticated message or frame is flipped.",
+    "Replay": "A message or frame that was valid once is delivered again, or out of order, "
+    "or under a key it was not made for.",
+    "Truncated": "A message or frame shorter than its kind needs, or a stream that ends inside "
+    "one.",
+    "Limits": "A size limit: handshake messages of at most 4096 bytes, frames above the "
+    "receiver's limit, payloads and headers beyond their decode limits.",
+    "Structure": "The payload or header decrypts (or is given) but is not the CBOR structure "
+    "its table describes.",
+    "SmallOrder": "An X25519 or Ed25519 public key of small order.",
+    "LaxVerifies": "The identity signature satisfies the Ed25519 equation but breaks a pinned "
+    "rule of 01-identity section 5; Starling rejects it.",
+    "ProtocolId": "A protocol ID that does not match starling/<name>/<major> "
+    "(README 2.2): leading zeros, upper case, a missing part, a trailing newline.",
+}
+
+SESSION_STATES = {
+    "start": "START",
+    "sent msg1": "SENT_1",
+    "waiting for msg1": "WAIT_1",
+    "sent msg2": "SENT_2",
+    "done": "DONE",
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's configuration, as a handshake vector gives it."""
+
+    identity_seed: bytes
+    static: bytes
+    ephemeral: bytes
+    protocols: tuple[str, ...]
+    expected_peer: bytes | None = None
+
+    def json(self) -> Json:
+        out: Json = {
+            "identitySeed": self.identity_seed.hex(),
+            "noiseStatic": self.static.hex(),
+            "noiseEphemeral": self.ephemeral.hex(),
+            "protocols": list(self.protocols),
+        }
+        if self.expected_peer is not None:
+            out["expectedPeer"] = self.expected_peer.hex()
+        return out
+
+    @property
+    def peer_id(self) -> bytes:
+        public = bytes(nacl.signing.SigningKey(self.identity_seed).verify_key)
+        return hashlib.sha256(b"starling/peer-id/1" + public).digest()
+
+    def handshake(self, role: ses.Role, network: bytes) -> ses.Handshake:
+        expected = None if self.expected_peer is None else identity.PeerId(self.expected_peer)
+        return ses.Handshake(
+            role,
+            identity.PrivateKey(self.identity_seed),
+            self.static,
+            self.ephemeral,
+            network,
+            self.protocols,
+            expected,
+        )
+
+
+def pattern_key(first: int) -> bytes:
+    """32 bytes counting up from ``first``: 02-secure-session's example keys."""
+    return bytes(range(first, first + 32))
+
+
+def drive(
+    role: ses.Role, side: Side, network: bytes, chunks: list[bytes], end: bool
+) -> tuple[ses.Handshake, bytes, str]:
+    """Run our Handshake as a vector's receiving side; return it, what it sent, and its
+    state before its last input. Raises what starling.proto raises on the last input."""
+    hs = side.handshake(role, network)
+    sent = hs.start() if role is ses.Role.INITIATOR else b""
+    state = SESSION_STATES[hs.state]
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1 and not end
+        state = SESSION_STATES[hs.state] if last else state
+        try:
+            sent += hs.receive(chunk)
+        except StarlingError:
+            if not last:
+                abort(f"our Handshake failed on chunk {i} of {len(chunks)}, before the last input")
+            raise
+    if end:
+        state = SESSION_STATES[hs.state]
+        hs.end_of_stream()
+    return hs, sent, state
+
+
+# (comment, role, side, network ID, chunks, end of stream, flags, requirement, error)
+HandshakeCase = tuple[str, ses.Role, Side, bytes, list[bytes], bool, list[str], str, str | None]
+
+
+def session_suite() -> VectorFile:
+    vf = VectorFile("session", "02-secure-session.md", SESSION_NOTES)
+    main_net = network_id("starling")
+    lab_net = network_id("starling-lab")
+    if (main_net.hex(), lab_net.hex()) != ("a5146c9a", "e7ccd63e"):
+        abort("network IDs differ from spec/README.md section 3")
+    if hashlib.sha256(b"starling").digest()[:4] != main_net:
+        abort("network_id is not SHA-256(name)[0:4]")
+
+    # -- full transcripts ------------------------------------------------------------
+    spec_i = Side(
+        bytes.fromhex(RFC8032[0][1]),
+        pattern_key(0x00),
+        pattern_key(0x20),
+        ("starling/echo/1",),
+        None,
+    )
+    spec_r = Side(
+        bytes.fromhex(RFC8032[1][1]),
+        pattern_key(0x40),
+        pattern_key(0x60),
+        ("starling/echo/1", "starling/chat/1"),
+    )
+    spec_i = dataclasses.replace(spec_i, expected_peer=spec_r.peer_id)
+    transcripts: list[tuple[str, bytes, Side, Side, list[str]]] = [
+        (
+            "02-secure-session.md 8: RFC 8032 TEST 1 (initiator) and TEST 2 (responder) "
+            "identities, counting Noise keys, the public network, an expected peer",
+            main_net,
+            spec_i,
+            spec_r,
+            ["SpecExample"],
+        ),
+        (
+            "seeded keys 'session/2/*', network starling-lab, the initiator speaks no "
+            "protocol and expects no particular peer",
+            lab_net,
+            Side(
+                seed("session/2/initiator/identity"),
+                seed("session/2/initiator/static"),
+                seed("session/2/initiator/ephemeral"),
+                (),
+            ),
+            Side(
+                seed("session/2/responder/identity"),
+                seed("session/2/responder/static"),
+                seed("session/2/responder/ephemeral"),
+                ("starling/echo/1", "starling/x-test/2"),
+            ),
+            ["Seeded"],
+        ),
+    ]
+    r3 = Side(
+        seed("session/3/responder/identity"),
+        seed("session/3/responder/static"),
+        seed("session/3/responder/ephemeral"),
+        (),
+    )
+    transcripts.append(
+        (
+            "seeded keys 'session/3/*', the public network, majors 0 and 9999, a 41-character "
+            "name, the responder speaks no protocol",
+            main_net,
+            Side(
+                seed("session/3/initiator/identity"),
+                seed("session/3/initiator/static"),
+                seed("session/3/initiator/ephemeral"),
+                ("starling/echo/1", "starling/a/0", "starling/" + "n" * 41 + "/9999"),
+                r3.peer_id,
+            ),
+            r3,
+            ["Seeded"],
+        )
+    )
+    tests = vf.group(
+        "handshake",
+        "A complete handshake between the two sides described (02-secure-session.md 4-6): "
+        "msg1, msg2, msg3 as framed on stream 0, the decrypted payloads, the handshake hash, "
+        "Split()'s keys, what each side learns of the other, the stream keys of streams 4 "
+        "and 8, and the first frames of stream 4 (input.frames) on the wire.",
+    )
+    honest: dict[str, bytes] = {}
+    honest_frames: list[bytes] = []
+    for index, (comment, network, ini, res, flags) in enumerate(transcripts):
+        prologue = prologue_of(network)
+        ni = NoiseXX(True, prologue, ini.static, ini.ephemeral)
+        nr = NoiseXX(False, prologue, res.static, res.ephemeral)
+        p2 = payload_bytes(res.identity_seed, res.static, list(res.protocols))
+        p3 = payload_bytes(ini.identity_seed, ini.static, list(ini.protocols))
+        m1 = ni.write1()
+        nr.read1(m1)
+        m2 = nr.write2(p2)
+        if ni.read2(m2) != p2:
+            abort(f"{comment}: reference Noise does not round-trip msg2")
+        m3 = ni.write3(p3)
+        if nr.read3(m3) != p3 or ni.h != nr.h or ni.split() != nr.split():
+            abort(f"{comment}: reference Noise sides disagree")
+        if len(m1) != 32 or len(m2) != 96 + len(p2) or len(m3) != 64 + len(p3):
+            abort(f"{comment}: message sizes differ from 02-secure-session.md 4.2")
+        k1, k2 = ni.split()
+        # The implementation under check.
+        hi, hr = (
+            ini.handshake(ses.Role.INITIATOR, network),
+            res.handshake(ses.Role.RESPONDER, network),
+        )
+        w1 = hi.start()
+        w2 = hr.receive(w1)
+        w3 = hi.receive(w2)
+        if hr.receive(w3) != b"" or not (hi.complete and hr.complete and hi.fin and hr.fin):
+            abort(f"{comment}: our handshake does not complete")
+        if (w1, w2, w3) != (frame16(m1), frame16(m2), frame16(m3)):
+            abort(f"{comment}: our handshake messages differ from the reference Noise")
+        ki, kr = hi.keys, hr.keys
+        assert ki is not None and kr is not None
+        if (ki.handshake_hash, ki.initiator_key, ki.responder_key) != (ni.h, k1, k2) or (
+            kr.handshake_hash,
+            kr.initiator_key,
+            kr.responder_key,
+        ) != (ni.h, k1, k2):
+            abort(f"{comment}: handshake hash or Split() keys differ from the reference")
+        for payload, side in ((p2, res), (p3, ini)):
+            verify_key = nacl.signing.VerifyKey(cbor2.loads(payload)[1])
+            verify_key.verify(
+                signing_input(NOISE_STATIC_DOMAIN, x25519_pub(side.static)),
+                cbor2.loads(payload)[2],
+            )
+        learns = {
+            "initiatorLearns": (ki, res),
+            "responderLearns": (kr, ini),
+        }
+        learned: Json = {}
+        for name, (keys, other) in learns.items():
+            if keys.peer_id.raw != other.peer_id or keys.peer_protocols != other.protocols:
+                abort(f"{comment}: {name} is not the other side's identity and protocols")
+            learned[name] = {
+                "identityKey": keys.peer.raw.hex(),
+                "peerId": keys.peer_id.raw.hex(),
+                "protocols": list(keys.peer_protocols),
+            }
+        stream_keys: list[Json] = []
+        for stream_id in (4, 8):
+            entry: Json = {"streamId": stream_id}
+            for role, base in ((ses.Role.INITIATOR, k1), (ses.Role.RESPONDER, k2)):
+                key = ki.stream_key(stream_id, role)
+                if key != kr.stream_key(stream_id, role) or key != stream_key_reference(
+                    ni.h, base, stream_id
+                ):
+                    abort(f"{comment}: stream key {stream_id}/{role.value} differs")
+                entry[role.value] = key.hex()
+            stream_keys.append(entry)
+        header = ses.StreamHeader("starling/echo/1").encode()
+        if header != cbor2.dumps({1: "starling/echo/1"}):
+            abort("stream header encoding differs from cbor2's")
+        sends = [(ses.Role.INITIATOR, header), (ses.Role.INITIATOR, b"hello"),
+                 (ses.Role.RESPONDER, b"hello")]  # fmt: skip
+        writers = {ses.Role.INITIATOR: ki.stream_cipher(4), ses.Role.RESPONDER: kr.stream_cipher(4)}
+        counters = {ses.Role.INITIATOR: 0, ses.Role.RESPONDER: 0}
+        wires: list[str] = []
+        for sender, plaintext in sends:
+            other = ses.Role.RESPONDER if sender is ses.Role.INITIATOR else ses.Role.INITIATOR
+            wire = writers[sender][0].seal(plaintext)
+            key = stream_key_reference(ni.h, k1 if sender is ses.Role.INITIATOR else k2, 4)
+            if wire != seal_reference(key, counters[sender], plaintext):
+                abort(f"{comment}: frame differs from ChaCha20Poly1305 over the stream key")
+            if writers[other][1].feed(wire) != [plaintext]:
+                abort(f"{comment}: the other side does not open the frame")
+            counters[sender] += 1
+            wires.append(wire.hex())
+        if index == 0:
+            honest = {"m1": m1, "m2": m2, "m3": m3, "h": ni.h, "k1": k1, "k2": k2}
+            honest["key4i"] = bytes.fromhex(stream_keys[0]["initiator"])
+            honest["key4r"] = bytes.fromhex(stream_keys[0]["responder"])
+            honest["key8i"] = bytes.fromhex(stream_keys[1]["initiator"])
+            honest["p2"], honest["p3"] = p2, p3
+            honest_frames = [bytes.fromhex(w) for w in wires]
+        vf.add(
+            tests,
+            comment,
+            flags=flags,
+            requirement="SES-R2",
+            input={
+                "networkId": network.hex(),
+                "initiator": ini.json(),
+                "responder": res.json(),
+                "frames": [
+                    {"streamId": 4, "sender": sender.value, "plaintext": plaintext.hex()}
+                    for sender, plaintext in sends
+                ],
+            },
+            expected={
+                "msg1": frame16(m1).hex(),
+                "msg2": frame16(m2).hex(),
+                "msg3": frame16(m3).hex(),
+                "msg2Payload": p2.hex(),
+                "msg3Payload": p3.hex(),
+                "handshakeHash": ni.h.hex(),
+                "k1": k1.hex(),
+                "k2": k2.hex(),
+                **learned,
+                "streamKeys": stream_keys,
+                "frames": wires,
+            },
+        )
+    check_spec_session_example(honest, honest_frames)
+
+    # -- one side receives these bytes on stream 0 ---------------------------------------
+    ini, res = spec_i, spec_r
+    i_pub, r_pub = x25519_pub(ini.static), x25519_pub(res.static)
+
+    def initiator_view(network: bytes = main_net) -> NoiseXX:
+        """A reference initiator with the example keys, after writing msg1."""
+        n = NoiseXX(True, prologue_of(network), ini.static, ini.ephemeral)
+        n.write1()
+        return n
+
+    def responder_reply(
+        payload: bytes, *, network: bytes = main_net, tag: bytes = b"starling/noise/1",
+        static: bytes | None = None, ephemeral: bytes | None = None,
+    ) -> bytes:  # fmt: skip
+        """msg2 made by a reference responder in answer to the example initiator's msg1."""
+        n = NoiseXX(False, prologue_of(network, tag), static or res.static,
+                    ephemeral or res.ephemeral)  # fmt: skip
+        n.read1(honest["m1"])
+        return frame16(n.write2(payload))
+
+    def initiator_final(payload: bytes) -> bytes:
+        """msg3 made by a reference initiator after the example responder's msg2."""
+        n = initiator_view()
+        n.read2(honest["m2"])
+        return frame16(n.write3(payload))
+
+    def payload_of(
+        identity_key: bytes, signature: bytes, protocols: object = ("starling/echo/1",),
+        **extra: object,
+    ) -> bytes:  # fmt: skip
+        fields: dict[int, object] = {1: identity_key, 2: signature, 3: list(protocols)}  # type: ignore[call-overload]
+        fields.update({int(k[1:]): v for k, v in extra.items()})
+        return cbor2.dumps(fields, canonical=True)
+
+    r_id = bytes(nacl.signing.SigningKey(res.identity_seed).verify_key)
+    i_id = bytes(nacl.signing.SigningKey(ini.identity_seed).verify_key)
+    r_sig = (
+        nacl.signing.SigningKey(res.identity_seed)
+        .sign(signing_input(NOISE_STATIC_DOMAIN, r_pub))
+        .signature
+    )
+    i_sig = (
+        nacl.signing.SigningKey(ini.identity_seed)
+        .sign(signing_input(NOISE_STATIC_DOMAIN, i_pub))
+        .signature
+    )
+    other = seed("session/mallory/identity")
+    other_id = bytes(nacl.signing.SigningKey(other).verify_key)
+    torsion = torsion_points()
+    m1f, m2f, m3f = frame16(honest["m1"]), frame16(honest["m2"]), frame16(honest["m3"])
+    tampered_m2 = bytearray(m2f)
+    tampered_m2[2 + 40] ^= 0x01  # inside the encrypted static key
+    tampered_m3 = bytearray(m3f)
+    tampered_m3[-5] ^= 0x80  # inside the payload's tag
+    fresh_responder = dataclasses.replace(res, ephemeral=seed("session/fresh/ephemeral"))
+    unexpected_peer = seed("session/unexpected/identity")
+    expecting_other = dataclasses.replace(
+        ini,
+        expected_peer=hashlib.sha256(
+            b"starling/peer-id/1" + bytes(nacl.signing.SigningKey(unexpected_peer).verify_key)
+        ).digest(),
+    )
+    expecting_nobody = dataclasses.replace(ini, expected_peer=None)
+    zero_e_msg2 = frame16(bytes(32) + seeded_bytes("session/zero-e", 48 + len(honest["p2"]) + 16))
+
+    INIT, RESP = ses.Role.INITIATOR, ses.Role.RESPONDER
+    # (comment, role, side, network, chunks, end, flags, requirement, error | None)
+    # fmt: off
+    cases: list[HandshakeCase] = [
+        # Valid deliveries.
+        ("responder: msg1 one byte at a time", RESP, res, main_net,
+         [m1f[i:i + 1] for i in range(len(m1f))], False, ["Split"], "SES-R4", None),
+        ("responder: msg1 and msg3 in one chunk", RESP, res, main_net, [m1f + m3f], False,
+         ["Split"], "SES-R4", None),
+        ("responder: msg1, msg3 cut after its length, the rest, then the end of stream 0", RESP,
+         res, main_net, [m1f, m3f[:2], m3f[2:]], True, ["Split"], "SES-R4", None),
+        ("initiator: msg2 cut inside its length field, then the end of stream 0", INIT, ini,
+         main_net, [m2f[:1], m2f[1:]], True, ["Split"], "SES-R4", None),
+        ("initiator expecting no particular peer: msg2", INIT, expecting_nobody, main_net, [m2f],
+         False, [], "SES-R8", None),
+        ("initiator: msg2 whose payload carries an unknown odd key 5, ignored", INIT, ini,
+         main_net, [responder_reply(payload_of(r_id, r_sig, ["starling/echo/1"], k5="later"))],
+         False, ["Extension"], "SES-R6", None),
+        ("responder: msg3 whose payload lists no protocol", RESP, res, main_net,
+         [m1f, initiator_final(payload_of(i_id, i_sig, []))], False, [], "SES-R6", None),
+        # Framing and message sizes [SES-R4] [SES-R5]
+        ("responder: msg1 of 31 bytes", RESP, res, main_net, [b"\x00\x1f" + honest["m1"][:31]],
+         False, ["Truncated"], "SES-R5", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: msg1 of 33 bytes (a 1-byte payload)", RESP, res, main_net,
+         [b"\x00\x21" + honest["m1"] + b"\x00"], False, [], "SES-R5",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: msg1 with a 16-byte payload", RESP, res, main_net,
+         [frame16(honest["m1"] + bytes(16))], False, [], "SES-R5",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: an empty handshake message", RESP, res, main_net, [b"\x00\x00"], False,
+         ["Truncated"], "SES-R5", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: stream 0 ends inside msg1", RESP, res, main_net, [m1f[:20]], True,
+         ["Truncated"], "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: stream 0 ends inside the length of msg1", RESP, res, main_net, [m1f[:1]],
+         True, ["Truncated"], "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: stream 0 ends before any byte", RESP, res, main_net, [], True, ["Truncated"],
+         "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: a handshake frame of 4097 bytes", RESP, res, main_net,
+         [b"\x10\x01" + bytes(4097)], False, ["Limits"], "SES-R4", "SESSION_FRAME_TOO_LARGE"),
+        ("responder: a length of 65535, refused as soon as the length is read", RESP, res,
+         main_net, [b"\xff\xff"], False, ["Limits"], "SES-R4", "SESSION_FRAME_TOO_LARGE"),
+        ("initiator: msg2 of 95 bytes, one short of e, encrypted s and a payload tag", INIT, ini,
+         main_net, [frame16(honest["m2"][:95])], False, ["Truncated"], "SES-R4",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: stream 0 ends inside msg2", INIT, ini, main_net, [m2f[:100]], True,
+         ["Truncated"], "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: stream 0 ends with no msg2", INIT, ini, main_net, [], True, ["Truncated"],
+         "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: a handshake frame of 4097 bytes", INIT, ini, main_net,
+         [b"\x10\x01" + bytes(4097)], False, ["Limits"], "SES-R4", "SESSION_FRAME_TOO_LARGE"),
+        ("responder: msg3 of 63 bytes", RESP, res, main_net, [m1f, frame16(honest["m3"][:63])],
+         False, ["Truncated"], "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: stream 0 ends after msg1", RESP, res, main_net, [m1f], True, ["Truncated"],
+         "SES-R4", "SESSION_HANDSHAKE_MALFORMED"),
+        # Noise authentication [SES-R9]
+        ("initiator: msg2 from a responder on network starling-lab", INIT, ini, main_net,
+         [responder_reply(honest["p2"], network=lab_net)], False, ["WrongNetwork"], "SES-R9",
+         "SESSION_NOISE_AUTH"),
+        ("initiator on network starling-lab: the msg2 of the public network", INIT, ini, lab_net,
+         [m2f], False, ["WrongNetwork"], "SES-R9", "SESSION_NOISE_AUTH"),
+        ("initiator: msg2 from a responder whose prologue tag is starling/noise/2", INIT, ini,
+         main_net, [responder_reply(honest["p2"], tag=b"starling/noise/2")], False, [],
+         "SES-R9", "SESSION_NOISE_AUTH"),
+        ("initiator: msg2 with a bit of the encrypted static key flipped", INIT, ini, main_net,
+         [bytes(tampered_m2)], False, ["Tampered"], "SES-R9", "SESSION_NOISE_AUTH"),
+        ("initiator: msg2 whose ephemeral key is all zero (small order: the DH is all zero)",
+         INIT, ini, main_net, [zero_e_msg2], False, ["SmallOrder"], "SES-R9",
+         "SESSION_NOISE_AUTH"),
+        ("responder: msg3 with a bit of the payload tag flipped", RESP, res, main_net,
+         [m1f, bytes(tampered_m3)], False, ["Tampered"], "SES-R9", "SESSION_NOISE_AUTH"),
+        ("responder with another ephemeral key: a recorded msg1 and msg3", RESP, fresh_responder,
+         main_net, [m1f, m3f], False, ["Replay"], "SES-R9", "SESSION_NOISE_AUTH"),
+        # Payloads [SES-R6] and identity proofs [SES-R7]
+        ("initiator: msg2 whose payload has no protocols (key 3)", INIT, ini, main_net,
+         [responder_reply(cbor2.dumps({1: r_id, 2: r_sig}))], False, ["Structure"], "SES-R6",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: msg2 whose payload lists starling/echo/01", INIT, ini, main_net,
+         [responder_reply(payload_of(r_id, r_sig, ["starling/echo/01"]))], False,
+         ["Structure", "ProtocolId"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: msg2 whose payload is empty", INIT, ini, main_net, [responder_reply(b"")],
+         False, ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("responder: msg3 whose payload carries an unknown even key 4", RESP, res, main_net,
+         [m1f, initiator_final(payload_of(i_id, i_sig, k4=0))], False, ["Structure"],
+         "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("initiator: msg2 claiming another identity key (signature by the real one)", INIT, ini,
+         main_net, [responder_reply(payload_of(other_id, r_sig))], False, ["Forged"], "SES-R7",
+         "SESSION_IDENTITY_INVALID"),
+        ("initiator: msg2 whose signature covers another Noise static key", INIT, ini, main_net,
+         [responder_reply(payload_of(
+             r_id, nacl.signing.SigningKey(res.identity_seed).sign(
+                 signing_input(NOISE_STATIC_DOMAIN, i_pub)).signature))],
+         False, ["Forged"], "SES-R7", "SESSION_IDENTITY_INVALID"),
+        ("initiator: msg2 whose signature is made under starling/test/1", INIT, ini, main_net,
+         [responder_reply(payload_of(
+             r_id, nacl.signing.SigningKey(res.identity_seed).sign(
+                 signing_input(TEST_DOMAIN, r_pub)).signature))],
+         False, ["Forged"], "SES-R7", "SESSION_IDENTITY_INVALID"),
+        ("responder: msg3 whose signature is over the static key without the signing input",
+         RESP, res, main_net, [m1f, initiator_final(payload_of(
+             i_id, nacl.signing.SigningKey(ini.identity_seed).sign(i_pub).signature))],
+         False, ["Forged"], "SES-R7", "SESSION_IDENTITY_INVALID"),
+        ("responder: msg3 whose identity key is of small order, with a signature satisfying "
+         "the equation", RESP, res, main_net, [m1f, initiator_final(payload_of(
+             encode_point(torsion[1]),
+             forge_for_small_order_key(torsion[1], signing_input(NOISE_STATIC_DOMAIN, i_pub),
+                                       "session/forge/1")))],
+         False, ["Forged", "SmallOrder", "LaxVerifies"], "SES-R7",
+         "SESSION_IDENTITY_INVALID"),
+        # The expected peer [SES-R8]
+        ("initiator expecting another peer: an honest msg2", INIT, expecting_other, main_net,
+         [m2f], False, [], "SES-R8", "SESSION_PEER_MISMATCH"),
+        # Messages out of turn [SES-R10]
+        ("initiator, done: msg2 again", INIT, ini, main_net, [m2f, m2f], False, ["Replay"],
+         "SES-R10", "SESSION_HANDSHAKE_UNEXPECTED"),
+        ("initiator, done: msg2 twice in one chunk", INIT, ini, main_net, [m2f + m2f], False,
+         ["Replay"], "SES-R10", "SESSION_HANDSHAKE_UNEXPECTED"),
+        ("responder, done: msg3 again", RESP, res, main_net, [m1f, m3f, m3f], False, ["Replay"],
+         "SES-R10", "SESSION_HANDSHAKE_UNEXPECTED"),
+        ("responder, done: an empty handshake frame", RESP, res, main_net, [m1f, m3f, b"\x00\x00"],
+         False, [], "SES-R10", "SESSION_HANDSHAKE_UNEXPECTED"),
+    ]
+    # fmt: on
+    tests = vf.group(
+        "handshake-receive",
+        "One side of the handshake, configured as input.side on network input.networkId, "
+        "receives input.receive on stream 0, chunk by chunk (an initiator first writes msg1); "
+        "with input.end, stream 0 then ends. Valid: everything the side wrote on stream 0, "
+        "whether it is complete and what it learned. Invalid: the last input (the last chunk, "
+        "or the end) fails with the error; input.state is the state the side is in just "
+        "before it (02-secure-session.md 4.5).",
+    )
+    for comment, role, side, network, chunks, end, flags, requirement, error in cases:
+        if error is None:
+            hs, sent, _ = drive(role, side, network, chunks, end)
+            expected: Json = {"sent": sent.hex(), "complete": hs.complete, "fin": hs.fin}
+            if hs.keys is not None:
+                expected["peerId"] = hs.keys.peer_id.raw.hex()
+                expected["peerProtocols"] = list(hs.keys.peer_protocols)
+            state = None
+        else:
+            expect_error(lambda r=role, s=side, n=network, c=chunks, e=end: drive(r, s, n, c, e),
+                         error, comment)  # fmt: skip
+            expected = {}
+            state = failing_state(role, side, network, chunks, end)
+        given: Json = {
+            "networkId": network.hex(),
+            "role": role.value,
+            "side": side.json(),
+            "receive": [chunk.hex() for chunk in chunks],
+            "end": end,
+        }
+        if state is not None:
+            given["state"] = state
+        vf.add(tests, comment, flags=flags, requirement=requirement, input=given,
+               expected=expected, error=error)  # fmt: skip
+
+    # -- handshake payloads on their own -------------------------------------------------
+    tests = vf.group(
+        "handshake-payload",
+        "Decode input.payload as the handshake payload of msg2 or msg3 (02-secure-session.md "
+        "4.3), sent by a side whose Noise static public key is input.noiseStatic, and check "
+        "its identity proof. Expected: the identity key, its peer ID and the protocols.",
+        cddl={"file": "spec/cddl/session.cddl", "rule": "handshake-payload", "field": "payload"},
+    )
+    many = [f"starling/{i:02d}{'p' * 39}/{9999 - i}" for i in range(64)]
+    if any(len(p) != 55 for p in many):
+        abort("the longest protocol IDs are not 55 bytes")
+    r_payload = honest["p2"]
+    s_plus_l = r_sig[:32] + (int.from_bytes(r_sig[32:], "little") + L).to_bytes(32, "little")
+    if not lax_verifies(r_id, signing_input(NOISE_STATIC_DOMAIN, r_pub), s_plus_l):
+        abort("S + L identity signature does not satisfy the lax equation")
+    deep = cbor2.dumps({1: r_id, 2: r_sig, 3: [], 5: [[0]]})
+    # (comment, payload, noise static, flags, requirement, error)
+    # fmt: off
+    payload_cases: list[tuple[str, bytes, bytes, list[str], str, str | None]] = [
+        ("02-secure-session.md 8: the responder's payload", r_payload, r_pub,
+         ["SpecExample"], "SES-R6", None),
+        ("02-secure-session.md 8: the initiator's payload", honest["p3"], i_pub,
+         ["SpecExample"], "SES-R6", None),
+        ("no protocols", payload_of(r_id, r_sig, []), r_pub, [], "SES-R6", None),
+        ("64 protocol IDs of 55 bytes, the most a payload holds", payload_of(r_id, r_sig, many),
+         r_pub, ["Limits"], "SES-R6", None),
+        ("unknown odd keys 5 and 7", payload_of(r_id, r_sig, k5="x", k7=[1]), r_pub,
+         ["Extension"], "SES-R6", None),
+        ("65 protocol IDs", payload_of(r_id, r_sig, [*many, "starling/echo/1"]), r_pub,
+         ["Limits"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("an array of the three fields", cbor2.dumps([r_id, r_sig, ["starling/echo/1"]]), r_pub,
+         ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("no identity key (key 1)", cbor2.dumps({2: r_sig, 3: []}), r_pub, ["Structure"],
+         "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("identity key of 31 bytes", payload_of(r_id[:31], r_sig), r_pub, ["Structure"],
+         "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("signature of 63 bytes", payload_of(r_id, r_sig[:63]), r_pub, ["Structure"], "SES-R6",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("protocols is a text string", cbor2.dumps({1: r_id, 2: r_sig, 3: "starling/echo/1"}),
+         r_pub, ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("a protocol ID as a byte string", payload_of(r_id, r_sig, [b"starling/echo/1"]), r_pub,
+         ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("protocol ID starling/Echo/1", payload_of(r_id, r_sig, ["starling/Echo/1"]), r_pub,
+         ["Structure", "ProtocolId"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("protocol ID starling/echo/1 with a trailing newline",
+         payload_of(r_id, r_sig, ["starling/echo/1\n"]), r_pub, ["Structure", "ProtocolId"],
+         "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("an unknown even key 4", payload_of(r_id, r_sig, k4=b""), r_pub, ["Structure"],
+         "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("keys in the order 2, 1, 3", cbor2.dumps({2: r_sig, 1: r_id, 3: []}), r_pub,
+         ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("an extension nested 4 levels deep (the limit is 3)", deep, r_pub,
+         ["Structure", "Limits"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("a float in an extension", r_payload[:1].replace(b"\xa3", b"\xa4") + r_payload[1:]
+         + b"\x05\xf9\x3c\x00", r_pub, ["Structure"], "SES-R6", "SESSION_HANDSHAKE_MALFORMED"),
+        ("one byte after the payload", r_payload + b"\x00", r_pub, ["Structure"], "SES-R6",
+         "SESSION_HANDSHAKE_MALFORMED"),
+        ("the payload checked against the other side's static key", r_payload, i_pub,
+         ["Forged"], "SES-R7", "SESSION_IDENTITY_INVALID"),
+        ("signature with S + L", payload_of(r_id, s_plus_l), r_pub, ["Forged", "LaxVerifies"],
+         "SES-R7", "SESSION_IDENTITY_INVALID"),
+        ("identity key is the identity point, signature satisfying the equation",
+         payload_of(encode_point(torsion[0]), forge_for_small_order_key(
+             torsion[0], signing_input(NOISE_STATIC_DOMAIN, r_pub), "session/forge/0")),
+         r_pub, ["Forged", "SmallOrder", "LaxVerifies"], "SES-R7",
+         "SESSION_IDENTITY_INVALID"),
+        ("identity key with y = p (non-canonical)",
+         payload_of(P.to_bytes(32, "little"), r_sig), r_pub, ["Forged"], "SES-R7",
+         "SESSION_IDENTITY_INVALID"),
+        ("another key's signature", payload_of(r_id, nacl.signing.SigningKey(other).sign(
+            signing_input(NOISE_STATIC_DOMAIN, r_pub)).signature), r_pub, ["Forged"], "SES-R7",
+         "SESSION_IDENTITY_INVALID"),
+    ]
+    # fmt: on
+    for comment, payload, static_pub, flags, requirement, error in payload_cases:
+        if error is None:
+            decoded = ses.HandshakePayload.decode(payload)
+            key = decoded.verify(static_pub)
+            if cbor2.loads(payload)[1] != key.raw:
+                abort(f"{comment}: identity key differs from cbor2's reading")
+            expected = {
+                "identityKey": key.raw.hex(),
+                "peerId": key.peer_id.raw.hex(),
+                "protocols": list(decoded.protocols),
+            }
+        else:
+            expect_error(
+                lambda p=payload, s=static_pub: ses.HandshakePayload.decode(p).verify(s),
+                error,
+                comment,
+            )
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"payload": payload.hex(), "noiseStatic": static_pub.hex()},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- stream headers ------------------------------------------------------------------
+    tests = vf.group(
+        "stream-header",
+        "Decode input.header, the plaintext of the first frame of a stream from its opener, "
+        "as a stream header (02-secure-session.md 6.1). Valid: the protocol ID; also "
+        "encoding {1: protocol} must give input.header back, unless the header carries an "
+        "extension.",
+        cddl={"file": "spec/cddl/session.cddl", "rule": "stream-header", "field": "header"},
+    )
+    longest = "starling/" + "a" * 41 + "/9999"
+    # (comment, header bytes, flags, error)
+    # fmt: off
+    header_cases: list[tuple[str, bytes, list[str], str | None]] = [
+        ("02-secure-session.md 8: starling/echo/1", bytes.fromhex(SPEC_STREAM_HEADER),
+         ["SpecExample"], None),
+        ("major 0", cbor2.dumps({1: "starling/x/0"}), [], None),
+        ("the longest protocol ID: a 41-character name, major 9999", cbor2.dumps({1: longest}),
+         ["Limits"], None),
+        ("an unknown odd key 3", cbor2.dumps({1: "starling/echo/1", 3: "later"}),
+         ["Extension"], None),
+        ("starling/echo/01", cbor2.dumps({1: "starling/echo/01"}), ["ProtocolId"],
+         "SESSION_STREAM_HEADER"),
+        ("starling/Echo/1", cbor2.dumps({1: "starling/Echo/1"}), ["ProtocolId"],
+         "SESSION_STREAM_HEADER"),
+        ("starling/echo (no major)", cbor2.dumps({1: "starling/echo"}), ["ProtocolId"],
+         "SESSION_STREAM_HEADER"),
+        ("starling/-echo/1", cbor2.dumps({1: "starling/-echo/1"}), ["ProtocolId"],
+         "SESSION_STREAM_HEADER"),
+        ("major 10000", cbor2.dumps({1: "starling/echo/10000"}), ["ProtocolId"],
+         "SESSION_STREAM_HEADER"),
+        ("a 42-character name", cbor2.dumps({1: "starling/" + "a" * 42 + "/1"}),
+         ["ProtocolId", "Limits"], "SESSION_STREAM_HEADER"),
+        ("starling/echo/1 with a trailing newline", cbor2.dumps({1: "starling/echo/1\n"}),
+         ["ProtocolId"], "SESSION_STREAM_HEADER"),
+        ("the protocol as a byte string", cbor2.dumps({1: b"starling/echo/1"}), ["Structure"],
+         "SESSION_STREAM_HEADER"),
+        ("an unknown even key 2", cbor2.dumps({1: "starling/echo/1", 2: 0}), ["Structure"],
+         "SESSION_STREAM_HEADER"),
+        ("an empty map", cbor2.dumps({}), ["Structure"], "SESSION_STREAM_HEADER"),
+        ("an array", cbor2.dumps([1, "starling/echo/1"]), ["Structure"],
+         "SESSION_STREAM_HEADER"),
+        ("an empty frame", b"", ["Structure"], "SESSION_STREAM_HEADER"),
+        ("the text length in a non-shortest head",
+         b"\xa1\x01\x78\x0f" + b"starling/echo/1", ["Structure"], "SESSION_STREAM_HEADER"),
+        ("one byte after the map", cbor2.dumps({1: "starling/echo/1"}) + b"\x00",
+         ["Structure"], "SESSION_STREAM_HEADER"),
+        ("an extension nested 3 levels deep (the limit is 2)",
+         cbor2.dumps({1: "starling/echo/1", 3: [0]}), ["Structure", "Limits"],
+         "SESSION_STREAM_HEADER"),
+        ("1025 bytes (the limit is 1024)",
+         cbor2.dumps({1: "starling/echo/1", 3: bytes(1025 - 22)}), ["Limits"],
+         "SESSION_STREAM_HEADER"),
+    ]
+    # fmt: on
+    if len(header_cases[-1][1]) != 1025:
+        abort("the oversized header is not 1025 bytes")
+    if cbor2.dumps({1: "starling/echo/1"}) != bytes.fromhex(SPEC_STREAM_HEADER):
+        abort("the stream header of 02-secure-session.md 8 differs from cbor2's encoding")
+    for comment, header, flags, error in header_cases:
+        if error is None:
+            protocol = ses.StreamHeader.decode(header).protocol
+            if cbor2.loads(header)[1] != protocol:
+                abort(f"{comment}: protocol differs from cbor2's reading")
+            expected = {"protocol": protocol}
+        else:
+            expect_error(lambda h=header: ses.StreamHeader.decode(h), error, comment)
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement="SES-R15",
+               input={"header": header.hex()}, expected=expected, error=error)  # fmt: skip
+
+    # -- frames ----------------------------------------------------------------------------
+    tests = vf.group(
+        "frame-receive",
+        "Open the frames of one stream direction under input.key (02-secure-session.md 7), "
+        "given the receiver's limit input.maxFrame on the length field, from the bytes "
+        "input.receive delivered chunk by chunk; with input.end the stream then ends. Valid: "
+        "the plaintexts in order; also sealing them in order under the key gives the "
+        "received bytes. Invalid: the error, met on the last input.",
+    )
+    key4, key4r, key8 = honest["key4i"], honest["key4r"], honest["key8i"]
+
+    def sealed(*plaintexts: bytes, key: bytes = key4, start: int = 0) -> list[bytes]:
+        return [seal_reference(key, start + i, p) for i, p in enumerate(plaintexts)]
+
+    f0, f1, f2 = sealed(b"hello", b"", b"third frame")
+    big = sealed(seeded_bytes("session/frame/1008", 1008))[0]  # ciphertext 1024 bytes
+    over = sealed(seeded_bytes("session/frame/1009", 1009))[0]  # ciphertext 1025 bytes
+    spec_frames = honest_frames
+    flip = bytearray(f0)
+    flip[3] ^= 0x01
+    flip_tag = bytearray(f0)
+    flip_tag[-1] ^= 0x80
+    # (comment, key, max frame, chunks, end, flags, requirement, error)
+    # fmt: off
+    frame_cases: list[tuple[str, bytes, int, list[bytes], bool, list[str], str, str | None]] = [
+        ("02-secure-session.md 8: the initiator's first two frames on stream 4", key4, 65535,
+         [spec_frames[0] + spec_frames[1]], False, ["SpecExample"], "SES-R12", None),
+        ("a frame with an empty plaintext (16 bytes: the tag)", key4, 65535, sealed(b""),
+         False, [], "SES-R12", None),
+        ("three frames in one chunk, then the end", key4, 65535, [f0 + f1 + f2], True, [],
+         "SES-R12", None),
+        ("three frames one byte at a time", key4, 65535,
+         [bytes((b,)) for b in f0 + f1 + f2], False, ["Split"], "SES-R12", None),
+        ("a frame of 1024 bytes against a limit of 1024", key4, 1024, [big], False,
+         ["Limits"], "SES-R14", None),
+        ("a frame of 1025 bytes against a limit of 1024", key4, 1024, [over], False,
+         ["Limits"], "SES-R14", "SESSION_FRAME_TOO_LARGE"),
+        ("a length of 1025 against a limit of 1024, refused before the body arrives", key4,
+         1024, [over[:2]], False, ["Limits"], "SES-R14", "SESSION_FRAME_TOO_LARGE"),
+        ("a second frame over the limit after a good one", key4, 1024,
+         [f0, sealed(seeded_bytes("session/frame/1009", 1009), start=1)[0]], False,
+         ["Limits"], "SES-R14", "SESSION_FRAME_TOO_LARGE"),
+        ("a bit of the ciphertext flipped", key4, 65535, [bytes(flip)], False, ["Tampered"],
+         "SES-R13", "SESSION_FRAME_AUTH"),
+        ("a bit of the tag flipped", key4, 65535, [bytes(flip_tag)], False, ["Tampered"],
+         "SES-R13", "SESSION_FRAME_AUTH"),
+        ("frame 0 twice", key4, 65535, [f0, f0], False, ["Replay"], "SES-R13",
+         "SESSION_FRAME_AUTH"),
+        ("frame 1 before frame 0", key4, 65535, [f1 + f0], False,
+         ["Replay"], "SES-R13", "SESSION_FRAME_AUTH"),
+        ("a frame sealed with the responder's key of the same stream (reflected)", key4,
+         65535, [sealed(b"hello", key=key4r)[0]], False, ["Replay"], "SES-R13",
+         "SESSION_FRAME_AUTH"),
+        ("a frame sealed with stream 8's key", key4, 65535, [sealed(b"hello", key=key8)[0]],
+         False, ["Replay"], "SES-R13", "SESSION_FRAME_AUTH"),
+        ("a length of 15, too short for the tag", key4, 65535, [b"\x00\x0f" + bytes(15)],
+         False, ["Truncated"], "SES-R13", "SESSION_FRAME_AUTH"),
+        ("a length of 0", key4, 65535, [b"\x00\x00"], False, ["Truncated"], "SES-R13",
+         "SESSION_FRAME_AUTH"),
+        ("the stream ends inside a length field", key4, 65535, [f0, f2[:1]], True,
+         ["Truncated"], "SES-R17", "SESSION_STREAM_TRUNCATED"),
+        ("the stream ends inside a frame", key4, 65535, [f0[:-1]], True, ["Truncated"],
+         "SES-R17", "SESSION_STREAM_TRUNCATED"),
+    ]
+    # fmt: on
+    for comment, key, max_frame, chunks, end, flags, requirement, error in frame_cases:
+
+        def open_all(case: tuple[bytes, int, list[bytes], bool, str] = (
+                key, max_frame, chunks, end, comment)) -> list[bytes]:  # fmt: skip
+            k, m, c, e, what = case
+            reader = ses.FrameReader(k, m)
+            out: list[bytes] = []
+            for i, chunk in enumerate(c):
+                try:
+                    out += reader.feed(chunk)
+                except StarlingError:
+                    if i != len(c) - 1 or e:
+                        abort(f"{what}: our FrameReader failed before the last input")
+                    raise
+            if e:
+                reader.end()
+            return out
+
+        if error is None:
+            frames = open_all()
+            writer = ses.FrameWriter(key)
+            if b"".join(writer.seal(f) for f in frames) != b"".join(chunks):
+                abort(f"{comment}: sealing the plaintexts does not give the input back")
+            expected = {"frames": [f.hex() for f in frames]}
+        else:
+            expect_error(open_all, error, comment)
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"key": key.hex(), "maxFrame": max_frame,
+                      "receive": [c.hex() for c in chunks], "end": end},
+               expected=expected, error=error)  # fmt: skip
+    return vf
+
+
+def failing_state(
+    role: ses.Role, side: Side, network: bytes, chunks: list[bytes], end: bool
+) -> str:
+    """The state our Handshake is in just before the last input of an invalid vector."""
+    hs = side.handshake(role, network)
+    if role is ses.Role.INITIATOR:
+        hs.start()
+    for chunk in chunks if end else chunks[:-1]:
+        hs.receive(chunk)
+    if not end:
+        # The fault is in the last frame of the last chunk: feed the frames before it.
+        last, pos = chunks[-1], 0
+        while pos + 2 <= len(last) and pos + 2 + int.from_bytes(last[pos : pos + 2], "big") < len(
+            last
+        ):
+            size = int.from_bytes(last[pos : pos + 2], "big")
+            hs.receive(last[pos : pos + 2 + size])
+            pos += 2 + size
+    return SESSION_STATES[hs.state]
+
+
+# Worked example of 02-secure-session.md section 8, hard-coded from the spec.
+SPEC_STREAM_HEADER = "a1016f737461726c696e672f6563686f2f31"
+SPEC_SESSION = {
+    "m1": "358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254",
+    "m2": (
+        "675dd574ed7789310b3d2e7681f3790b466c773b1521fecf36577958371ea52f"
+        "7e1866de56d6c9b805d589b5e65bd14858f21fba6e576ce64993fbf55eb00457"
+        "f904a15fcd8d98ddc96085c5697f0d95d332ed1b55f6a1877ab8ee71988cee0d"
+        "34d84354718ed9aafd7e81a5222b73f2b3283aee73964f2a35868f32e7d15663"
+        "0be50c3e6bf5f349a359636ad31af6b4e1984c13c50d7a823ea79a32e5aaad4b"
+        "84c4299363c8d4f4f4785a615a52b509b791b460a11fe7b9a51041f2a9e89d69"
+        "5434080d98ecdd76cd75e31d19b235a45e7845f8bc1c629b9c42f09e4d6a682b"
+        "4885c3d369b9703fce"
+    ),
+    "m3": (
+        "1dc00df062a51249321a8f8349c312567dc00ed837b5fc3fa4c72162d39a4973"
+        "de26b1479963de4d6b56a0e5cc4d396165c57de3a11e4d574e40c370aa857056"
+        "372fc01c3f544c972ace0260d467c31d54b29757ff824df99a81e14bcaaf56e2"
+        "e686a9c690ab03ad3eff51c58d120f155d635626c7014839789f06441ac5173a"
+        "3269774f48fae93a139eeb1e3ecfa0a9cf436082ef725118ece20b2d21b4026f"
+        "72ff7b45ffeadaaf0a817723c460e71a084abec789bc2790e1"
+    ),
+    "h": "c75ede54110c01d52ec2bc3ab1b14a0f927e58dcfe52c7affa08bb95125f4708",
+    "k1": "dff3528565acdc10f0f1f626005dfe7c054965be0f42b708570c67691c53af34",
+    "k2": "3605b6634260499326e319610beb0c8127213d8d96f146edca88ce91da1d2da6",
+    "key4i": "03066be77d87fc8956d7ba9099b4fa07252a372cfec898e460a4c32b3223fe58",
+    "key4r": "d562e39b462ccfd96d5abf71e6ea3090660b81d6750d38225ea93bb0507fdfba",
+    "key8i": "1b9208fedb6fe5828846b39eac65c4014bee6f2d4ae16a651a147fa07a52e591",
+}
+SPEC_SESSION_FRAMES = [
+    "0022848cf2662457927e96f5b3e32dfaa16f7ebbe1908a5336a3151e0327614f0e60640d",
+    "0015554fbcb593e37f6f497415feab1cb1b4585cae502b",
+    "001502e90efa4c0b4337d7f0adbd90173e7ac301ae66f6",
+]
+
+
+def check_spec_session_example(honest: dict[str, bytes], frames: list[bytes]) -> None:
+    """The first transcript must be the worked example of 02-secure-session.md 8."""
+    for name, value in SPEC_SESSION.items():
+        if honest[name].hex() != value:
+            abort(f"02-secure-session.md 8: {name} differs from the transcript computed here")
+    if [f.hex() for f in frames] != SPEC_SESSION_FRAMES:
+        abort("02-secure-session.md 8.6: the frames differ from the ones sealed here")
+
+
 # ----------------------------------------------------------------------------- main
 
 SUITES: dict[str, Callable[[], VectorFile]] = {
     "codec": codec_suite,
     "identity": identity_suite,
     "envelope": envelope_suite,
+    "session": session_suite,
 }
 
 

@@ -6,9 +6,12 @@ What is checked here:
   cannot express (increasing tcIds, defined flags, registered error names,
   requirement IDs that the code cites);
 * ``interop/generate.py`` reproduces the committed files byte for byte;
-* our implementation passes every vector, and the codec suite reaches every
-  decoder error code;
-* structurally valid envelopes match their CDDL rule (pycddl);
+* our implementation passes every vector, the codec suite reaches every
+  decoder error code and the session suite every code the sans-IO session
+  core can raise;
+* structurally valid envelopes, handshake payloads and stream headers match
+  their CDDL rule (pycddl), and so do the payloads and stream headers of the
+  handshake transcripts;
 * the harness contract: ``run_main`` for our implementation, ``verify_main``
   driving an external command.
 """
@@ -37,7 +40,12 @@ INTEROP = ROOT / "interop"
 VECTORS = INTEROP / "vectors"
 SCHEMA = INTEROP / "schema" / "vectors.schema.json"
 GENERATOR = INTEROP / "generate.py"
-SUITE_FILES = {"codec": "codec.json", "identity": "identity.json", "envelope": "envelope.json"}
+SUITE_FILES = {
+    "codec": "codec.json",
+    "identity": "identity.json",
+    "envelope": "envelope.json",
+    "session": "session.json",
+}
 
 Json = dict[str, Any]
 
@@ -192,6 +200,53 @@ def test_identity_and_envelope_vectors_cover_their_errors() -> None:
     assert "ENVELOPE_EXTRA_FIELD" in errors_in("envelope")
 
 
+# Session codes that only the runtime (node/session.py) can meet: timers, admission,
+# application decisions, and stream-level handling outside the sans-IO core.
+RUNTIME_ONLY_SESSION_CODES = {
+    ErrorCode.SESSION_HANDSHAKE_TIMEOUT,
+    ErrorCode.SESSION_NOT_READY,
+    ErrorCode.SESSION_LIMIT,
+    ErrorCode.SESSION_IDLE_TIMEOUT,
+    ErrorCode.SESSION_SHUTDOWN,
+    ErrorCode.SESSION_PROTOCOL_UNKNOWN,
+}
+
+
+def test_session_vectors_cover_every_core_error() -> None:
+    wanted = {
+        code.name
+        for code in ErrorCode
+        if code.name.startswith("SESSION_") and code not in RUNTIME_ONLY_SESSION_CODES
+    }
+    assert "SESSION_STREAM_TRUNCATED" in wanted  # expressible: "the stream ends after these bytes"
+    assert wanted - errors_in("session") == set()
+    assert errors_in("session") <= {
+        code.name for code in ErrorCode if code.name.startswith("SESSION_")
+    }
+
+
+def test_session_vectors_cover_every_handshake_state() -> None:
+    vectors = load(VECTORS / "session.json")
+    states = {
+        t["input"]["state"]
+        for g, t in each_test(vectors)
+        if g["type"] == "handshake-receive"
+        if "state" in t["input"]
+    }
+    assert states == {"WAIT_1", "SENT_1", "SENT_2", "DONE"}
+    groups = {g["type"] for g in vectors["testGroups"]}
+    assert groups == {
+        "handshake",
+        "handshake-receive",
+        "handshake-payload",
+        "stream-header",
+        "frame-receive",
+    }
+    transcripts = [t for g, t in each_test(vectors) if g["type"] == "handshake"]
+    assert len(transcripts) >= 2
+    assert len({t["input"]["initiator"]["identitySeed"] for t in transcripts}) == len(transcripts)
+
+
 def test_rfc8032_test_1_is_pinned() -> None:
     vectors = load(VECTORS / "identity.json")
     derivations = [t for g, t in each_test(vectors) if g["type"] == "key-derivation"]
@@ -254,6 +309,32 @@ def test_runner_reports_a_crash_as_fail(capsys: pytest.CaptureFixture[str]) -> N
     assert "ValueError" in err and "Traceback" in err
 
 
+def test_session_runner_fails_a_wrong_transcript(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "session.json")
+    test = first_test(vectors, "valid", "handshake")
+    msg2 = bytearray.fromhex(test["expected"]["msg2"])
+    msg2[-1] ^= 1
+    test["expected"]["msg2"] = msg2.hex()
+    assert interop.run_suite("session", vectors)[test["tcId"]] == interop.FAIL
+    assert "msg2" in capsys.readouterr().err
+
+
+def test_session_runner_requires_the_fault_on_the_last_input(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The same faulty bytes, followed by one more chunk: the error now comes too early.
+    vectors = load(VECTORS / "session.json")
+    test = next(
+        t
+        for g, t in each_test(vectors)
+        if g["type"] == "handshake-receive" and t["result"] == "invalid" and not t["input"]["end"]
+    )
+    assert interop.run_suite("session", vectors)[test["tcId"]] == interop.PASS
+    test["input"]["receive"].append("00")
+    assert interop.run_suite("session", vectors)[test["tcId"]] == interop.FAIL
+    assert "before the last input" in capsys.readouterr().err
+
+
 def test_runner_marks_unknown_group_types_unsupported() -> None:
     vectors = load(VECTORS / "codec.json")
     vectors["testGroups"][0]["type"] = "from-the-future"
@@ -286,15 +367,21 @@ def cddl_groups() -> Iterator[tuple[str, Json]]:
 
 def structurally_valid(test: Json) -> bool:
     """Valid vectors, and invalid ones that fail only on a key or signature."""
-    return test["result"] == "valid" or test["error"].startswith(("SIG_", "KEY_"))
+    return test["result"] == "valid" or test["error"].startswith(
+        ("SIG_", "KEY_", "SESSION_IDENTITY_INVALID")
+    )
+
+
+def cddl_schema(path: Path, rule: str) -> pycddl.Schema:
+    # pycddl validates against the first rule of a schema: put an alias of ours first.
+    text = path.read_text(encoding="utf-8")
+    return pycddl.Schema(f"starling-vector-root = {rule}\n{text}")
 
 
 def check_cddl(group: Json, spec_root: Path) -> int:
     """Validate the group's structurally valid inputs against its CDDL rule; return how many."""
     cddl = group["cddl"]
-    text = (spec_root / cddl["file"]).read_text(encoding="utf-8")
-    # pycddl validates against the first rule of a schema: put an alias of ours first.
-    schema = pycddl.Schema(f"starling-vector-root = {cddl['rule']}\n{text}")
+    schema = cddl_schema(spec_root / cddl["file"], cddl["rule"])
     checked = 0
     for test in group["tests"]:
         if structurally_valid(test):
@@ -307,6 +394,7 @@ def test_there_are_cddl_groups() -> None:
     suites = [suite for suite, _ in cddl_groups()]
     assert "envelope" in suites
     assert "codec" in suites
+    assert suites.count("session") == 2  # handshake payloads and stream headers
 
 
 @pytest.mark.parametrize(("suite", "group"), list(cddl_groups()))
@@ -314,6 +402,22 @@ def test_structurally_valid_inputs_match_their_cddl_rule(suite: str, group: Json
     cddl_file = ROOT / group["cddl"]["file"]
     assert cddl_file.is_file(), f"{suite}: vectors refer to {cddl_file}, which is missing"
     assert check_cddl(group, ROOT) > 0
+
+
+def test_handshake_transcripts_match_the_session_cddl() -> None:
+    session_cddl = ROOT / "spec" / "cddl" / "session.cddl"
+    payload = cddl_schema(session_cddl, "handshake-payload")
+    header = cddl_schema(session_cddl, "stream-header")
+    vectors = load(VECTORS / "session.json")
+    transcripts = [t for g, t in each_test(vectors) if g["type"] == "handshake"]
+    assert len(transcripts) >= 2
+    for test in transcripts:
+        payload.validate_cbor(bytes.fromhex(test["expected"]["msg2Payload"]))
+        payload.validate_cbor(bytes.fromhex(test["expected"]["msg3Payload"]))
+        # The first frame the initiator sends on stream 4 is the stream header.
+        header.validate_cbor(bytes.fromhex(test["input"]["frames"][0]["plaintext"]))
+    with pytest.raises(pycddl.ValidationError):  # the check can fail: rules are not any-map
+        header.validate_cbor(bytes.fromhex(transcripts[0]["expected"]["msg2Payload"]))
 
 
 def test_cddl_check_catches_a_mismatch(tmp_path: Path) -> None:
