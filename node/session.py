@@ -41,6 +41,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import (
+    QuicFrameType,
     QuicPacketType,
     QuicProtocolVersion,
     encode_quic_version_negotiation,
@@ -71,6 +72,7 @@ from .endpoint import Address, Endpoint
 log = logging.getLogger("starling.session")
 
 SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
+EARLY_DATA_LIMIT = 256 * 1024  # stream bytes a responder holds while msg3 is missing
 CID_LENGTH = 8
 
 
@@ -302,6 +304,8 @@ class Session:
         self.ready: asyncio.Future[Session] = self._loop.create_future()
         self._closed: asyncio.Future[SessionClosed] = self._loop.create_future()
         self._cids: set[bytes] = set()  # connection IDs routed to this session
+        self._early: list[tuple[int, bytes, bool]] = []  # stream data that overtook msg3
+        self._early_bytes = 0
         self._streams: dict[int, Stream] = {}
         self._inbound: dict[int, FrameReader] = {}  # peer streams whose header has not come
         self._refused: set[int] = set()
@@ -470,7 +474,12 @@ class Session:
             self._cids.discard(event.connection_id)
         elif isinstance(event, events.ConnectionTerminated):
             by_peer = not self.closed
-            self._terminate(event.error_code, event.reason_phrase, by_peer=by_peer, final=True)
+            code, reason = event.error_code, event.reason_phrase
+            if by_peer and reason == "Idle timeout" and event.frame_type == QuicFrameType.PADDING:
+                # aioquic's own idle timer fired (it reports that as an internal error on a
+                # PADDING frame): nothing came from the peer at all.
+                code, by_peer = ErrorCode.SESSION_IDLE_TIMEOUT, False
+            self._terminate(code, reason, by_peer=by_peer, final=True)
 
     def _on_handshake_data(self, data: bytes, end: bool) -> None:
         hs = self._handshake
@@ -489,9 +498,18 @@ class Session:
             self.node._on_ready(self)
             if not self.ready.done():
                 self.ready.set_result(self)
+            early, self._early = self._early, []
+            for stream_id, chunk, fin in early:
+                self._on_stream_data(stream_id, chunk, fin)
 
     def _on_stream_data(self, stream_id: int, data: bytes, end: bool) -> None:
         if self.keys is None:
+            # Once msg2 is out, the initiator is done and may open streams; if msg3 is lost,
+            # their data arrives first. Hold a bounded amount until msg3 comes [SES-R16].
+            self._early_bytes += len(data)
+            if self._handshake.awaiting_msg3 and self._early_bytes <= EARLY_DATA_LIMIT:
+                self._early.append((stream_id, data, end))
+                return
             raise SessionError(
                 ErrorCode.SESSION_NOT_READY,
                 f"data on stream {stream_id} before the handshake completed",
@@ -551,6 +569,7 @@ class Session:
             stream.reset(ErrorCode.SESSION_SHUTDOWN)
 
     def _on_handshake_timeout(self) -> None:
+        # [SES-R18]: a handshake that does not finish in time is abandoned.
         if self.keys is None and not self.closed:
             self.stats["handshake_timeouts"] += 1
             self._terminate(

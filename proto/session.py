@@ -400,6 +400,12 @@ class Handshake:
     ) -> None:
         if len(network_id) != NETWORK_ID_SIZE:
             raise LocalProtocolError(ErrorCode.SCHEMA_VALUE, "network ID must be 4 bytes", "SES-R3")
+        if len(protocols) > MAX_PROTOCOLS:
+            raise LocalProtocolError(
+                ErrorCode.SESSION_HANDSHAKE_MALFORMED,
+                f"at most {MAX_PROTOCOLS} protocols fit a handshake payload",
+                "SES-R6",
+            )
         for p in protocols:
             check_protocol_id(p)
         self.role = role
@@ -433,6 +439,12 @@ class Handshake:
     @property
     def state(self) -> str:
         return self._state.value
+
+    @property
+    def awaiting_msg3(self) -> bool:
+        """Responder that sent msg2: the initiator may already be sending on streams,
+        and their data can overtake a lost msg3 [SES-R16]."""
+        return self._state is _State.SENT_2
 
     def start(self) -> bytes:
         """Initiator only: msg1, framed."""
@@ -518,14 +530,14 @@ class Handshake:
                     "SES-R5",
                 )
             self._read(message, 32, "msg1")
-            reply = self._frame(self._noise.write_message(self._payload()))
+            reply = self._frame(self._write("msg2"))
             self._state = _State.SENT_2
             self.fin = True
             return reply
         if state is _State.SENT_1:
             body = self._read(message, 32 + 48 + TAG_SIZE, "msg2")
             self._accept(body)
-            reply = self._frame(self._noise.write_message(self._payload()))
+            reply = self._frame(self._write("msg3"))
             self._finish()
             return reply
         if state is _State.SENT_2:
@@ -538,6 +550,17 @@ class Handshake:
             f"unexpected handshake message while {state.value}",
             "SES-R10",
         )
+
+    def _write(self, which: str) -> bytes:
+        try:
+            return bytes(self._noise.write_message(self._payload()))
+        except ValueError as exc:
+            # X25519 with a small-order peer key yields all zeros, which the DH refuses.
+            raise SessionError(
+                ErrorCode.SESSION_NOISE_AUTH,
+                f"cannot write {which}: the peer's key gives no shared secret ({exc})",
+                "SES-R9",
+            ) from None
 
     def _payload(self) -> bytes:
         """Our identity proof for msg2 or msg3 [SES-R6] [SES-R7]."""
