@@ -15,6 +15,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.session",
         "handshakes/s, throughput and RTT of Starling sessions vs raw aioquic and py-libp2p",
     ),
+    "dht": (
+        "bench.dht",
+        "DHT lookups on the simulator (1,000 and 10,000 nodes) vs the kademlia package",
+    ),
 }
 
 

@@ -541,7 +541,7 @@ class DhtNode:
         self._secrets = [rng(32), rng(32)]
         self.records: dict[bytes, dict[bytes, tuple[Record, float]]] = {}
         self._signer_counts: Counter[bytes] = Counter()
-        self._published: dict[bytes, Record] = {}
+        self._published: dict[bytes, tuple[Record, int]] = {}
         self.stats: Counter[str] = Counter()
         self.table.refreshed = [now]
         self._schedule(now + self.config.maintenance_interval, "maintenance", None)
@@ -595,9 +595,10 @@ class DhtNode:
                 self._expire()
                 self._schedule(now + 60.0, "expire", None)
             elif kind == "republish":
-                record = self._published.get(payload)  # type: ignore[call-overload]
-                if record is not None:
-                    self._start_put(record)
+                published = self._published.get(payload)  # type: ignore[call-overload]
+                if published is not None:
+                    record, disjoint = published
+                    self._start_put(record, disjoint)
                     self._schedule(now + record.ttl / 2, "republish", payload)
 
     def next_event(self) -> Event | None:
@@ -626,18 +627,19 @@ class DhtNode:
         self._now = now
         return self._start(GET, key, disjoint).lookup_id
 
-    def put(self, record: Record, now: float) -> int:
-        """Store ``record`` on the k nodes closest to its key (once)."""
+    def put(self, record: Record, now: float, disjoint: int = 1) -> int:
+        """Store ``record`` on the k nodes closest to its key (once); ``disjoint`` > 1 finds
+        them over that many disjoint paths, so colluding nodes cannot hide them [DHT-R30]."""
         self._now = now
-        return self._start_put(record).lookup_id
+        return self._start_put(record, disjoint).lookup_id
 
-    def publish(self, record: Record, now: float) -> int:
+    def publish(self, record: Record, now: float, disjoint: int = 1) -> int:
         """Store ``record`` and keep republishing it at half its TTL [DHT-R26]."""
         self._now = now
         ident = record.key + record.signer_id
-        self._published[ident] = record
+        self._published[ident] = (record, disjoint)
         self._schedule(now + record.ttl / 2, "republish", ident)
-        return self._start_put(record).lookup_id
+        return self._start_put(record, disjoint).lookup_id
 
     # -- requests out -------------------------------------------------------------------
 
@@ -748,8 +750,11 @@ class DhtNode:
             self.table.refreshed[i] = self._now
         return lookup
 
-    def _start(self, kind: int, target: bytes, disjoint: int) -> _Lookup:
+    def _start(
+        self, kind: int, target: bytes, disjoint: int, put_record: Record | None = None
+    ) -> _Lookup:
         lookup = self._new_lookup(kind, target, max(1, disjoint))
+        lookup.put_record = put_record
         seeds = self.table.closest(target, self.config.k * len(lookup.paths))
         for n, contact in enumerate(seeds):
             self._add_candidate(
@@ -761,10 +766,8 @@ class DhtNode:
             self._finish(lookup)
         return lookup
 
-    def _start_put(self, record: Record) -> _Lookup:
-        lookup = self._start(PUT, record.key, 1)
-        lookup.put_record = record
-        return lookup
+    def _start_put(self, record: Record, disjoint: int = 1) -> _Lookup:
+        return self._start(PUT, record.key, disjoint, record)
 
     def _add_candidate(
         self, lookup: _Lookup, path: _Path, node_id: bytes, addr: Address, hop: int
@@ -939,11 +942,19 @@ class DhtNode:
             if cand.state is _State.INFLIGHT:
                 path.inflight -= 1
             cand.state = _State.DONE
-        if best_before is not None and path.best == best_before and pending.node_id is not None:
-            # Kademlia's last step: an answer that brings nothing closer than the closest
-            # already seen means the lookup has converged; ask the rest of the k closest
-            # at once instead of alpha at a time [DHT-R31].
-            path.final = True
+        if not path.final and pending.node_id is not None and path.best == best_before:
+            # Kademlia's last step: once the closest nodes known have all answered
+            # without naming anyone closer, the lookup has converged; ask the rest of
+            # the k closest at once instead of alpha at a time [DHT-R31].
+            nearest = sorted(
+                (
+                    c
+                    for c in path.candidates.values()
+                    if c.state is not _State.FAILED and c.state is not _State.STALLED
+                ),
+                key=lambda c: c.dist,
+            )[: self.config.alpha]
+            path.final = all(c.state is _State.DONE for c in nearest)
         self._step(lookup, path)
 
     def _collect(self, lookup: _Lookup, raw: codec.Value) -> None:
