@@ -41,7 +41,7 @@ LIBP2P_REQUIREMENT = "libp2p>=0.8,<0.9"  # the worker is written against the 0.8
 FULL = {
     "hs_n": 300,
     "hs_warmup": 20,
-    "hs_concurrency": 32,
+    "hs_concurrency": 8,
     "bytes": 50_000_000,
     "streams": 8,
     "tp_warmup_bytes": 2_000_000,
