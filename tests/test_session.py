@@ -130,6 +130,36 @@ def test_connect_authenticates_and_echoes() -> None:
     run(main)
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_one_socket_per_address_family() -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("this host has no IPv6 loopback (::1); the IPv4 socket is tested elsewhere")
+
+    async def main() -> None:
+        # A wildcard host binds IPv4 and IPv6 on one port; traffic here stays on loopback.
+        server = await start("dual", NodeConfig(host="0.0.0.0"), {ECHO: echo})
+        families = sorted(":" in host for host, _ in server.addresses)
+        assert families == [False, True]
+        port = server.addresses[0][1]
+        assert {p for _, p in server.addresses} == {port}
+        v4 = await start("v4 client", NodeConfig(host="127.0.0.1"))
+        v6 = await start("v6 client", NodeConfig(host="::1"))
+        for client, host in ((v4, "127.0.0.1"), (v6, "::1")):
+            session = await client.connect((host, port), peer_id=server.peer_id)
+            assert session.remote_address[0] == host
+            assert await roundtrip(session, host.encode()) == host.encode()
+
+    run(main)
+
+
 def test_unknown_protocol_is_refused_with_its_code() -> None:
     async def main() -> None:
         server, client = await two_nodes()
