@@ -286,8 +286,6 @@ class Contact:
     addr: Address
     last_seen: float
     failures: int = 0
-    srtt: float | None = None
-    rttvar: float = 0.0
 
 
 class RoutingTable:
