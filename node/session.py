@@ -745,6 +745,15 @@ class Node:
         return config
 
     def _on_quic(self, data: bytes, addr: Address) -> None:
+        if not data[0] & 0x80:
+            # Short header (RFC 9000, 17.3): the destination connection ID follows the
+            # first byte directly. Most packets take this path; no full header parse.
+            session = self._routes.get(data[1 : 1 + CID_LENGTH])
+            if session is None:
+                self.stats["dropped_unknown_connection"] += 1
+            else:
+                session._datagram_received(data, addr)
+            return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
         except ValueError:

@@ -188,6 +188,13 @@ class HandshakePayload:
 
 
 @functools.lru_cache(maxsize=64)
+def _static_keypair(private: bytes) -> object:
+    return NoiseConnection.from_name(
+        NOISE_PROTOCOL_NAME
+    ).noise_protocol.dh_fn.klass.from_private_bytes(private)
+
+
+@functools.lru_cache(maxsize=64)
 def _own_payload(identity: PrivateKey, static_public: bytes, protocols: tuple[str, ...]) -> bytes:
     # A node signs its Noise static key once, not once per handshake: the key, the
     # identity and the protocol list stay the same for the node's lifetime.
@@ -423,7 +430,8 @@ class Handshake:
         else:
             self._noise.set_as_responder()
         self._noise.set_prologue(PROLOGUE_TAG + bytes(network_id))
-        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, bytes(static_private))
+        # The static keypair object is immutable and the same for every handshake of a node.
+        self._noise.noise_protocol.keypairs["s"] = _static_keypair(bytes(static_private))
         with warnings.catch_warnings():
             # noiseprotocol warns when the ephemeral key is supplied rather than drawn by
             # itself. Supplying it is the point of a sans-IO core: node/ draws it from the
