@@ -912,10 +912,18 @@ class DhtNode:
             elif lookup is None and kind == NODES:
                 self._learn(message.get(4))
             return
+        if pending.node_id is None:
+            # A bootstrap seed answered: now that its ID is known it joins the lookup,
+            # answered, like any other node.
+            path.seeds -= 1
+            if node_id not in lookup.claimed and node_id != self.node_id:
+                lookup.claimed.add(node_id)
+                seed = _Candidate(node_id, addr, distance(node_id, lookup.target), 1, _State.DONE)
+                path.candidates[node_id] = seed
+                if path.best is None or seed.dist < path.best:
+                    path.best = seed.dist
         cand = path.candidates.get(node_id)
         hop = cand.hop if cand is not None else 1
-        if pending.node_id is None:
-            path.seeds -= 1
         best_before = path.best
         nodes = message.get(4)
         if isinstance(nodes, list):

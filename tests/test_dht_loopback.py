@@ -94,3 +94,40 @@ def test_hundred_nodes_put_get_and_warm_restart(tmp_path: Path) -> None:
                 n.endpoint.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_sessions_and_dht_share_one_socket() -> None:
+    from starling.node.session import Node, Stream
+
+    async def echo(stream: Stream) -> None:
+        async for frame in stream:
+            await stream.send(frame)
+        await stream.close()
+
+    async def main() -> None:
+        a = await Node.start(identity(500), handlers={"starling/echo/1": echo})
+        b = await Node.start(identity(501))
+        dht_a = DhtService(a.identity, a.endpoint)
+        dht_b = DhtService(b.identity, b.endpoint)
+        try:
+            joined = await dht_b.bootstrap([a.addresses[0]])
+            assert joined.ok
+            assert dht_b.core.table.get(a.peer_id.raw) is not None
+            # The DHT told b where a is; a session goes to that very address and port.
+            found = await dht_b.find_node(a.peer_id.raw)
+            (node_id, addr), *_ = found.closest
+            assert node_id == a.peer_id.raw
+            session = await b.connect(addr, peer_id=a.peer_id)
+            stream = await session.open_stream("starling/echo/1")
+            await stream.send(b"one socket")
+            assert await stream.recv() == b"one socket"
+            assert a.endpoint.stats["rx_control"] > 0
+            assert a.endpoint.stats["rx_quic"] > 0
+            assert len(a.endpoint.addresses) == 1
+        finally:
+            dht_a.close()
+            dht_b.close()
+            await b.close()
+            await a.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
