@@ -93,3 +93,43 @@ def test_dispatcher_lists_benchmarks() -> None:
         check=False,
     )
     assert unknown.returncode == 2
+
+
+def test_dht_benchmark_small(tmp_path: Path) -> None:
+    """`python -m bench dht` runs end to end on a small network and reports every figure."""
+    out = tmp_path / "dht.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "dht",
+            "--sizes",
+            "150",
+            "--seeds",
+            "1",
+            "--lookups",
+            "20",
+            "--baseline-sizes",
+            "",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["static", "loss1", "dead30", "dead50"]
+    for scenario in report["scenarios"]:
+        assert scenario["nodes"] == 150
+        assert scenario["lookups"] == 20
+        assert 0.0 <= scenario["recall"] <= 1.0
+        assert scenario["rpcs_per_lookup"] > 0
+        assert scenario["latency_ms_p50"] > 0
+        assert scenario["baseline"] is None
+    assert set(report["targets"]) >= {"recall_static", "latency_ms_p99_static"}
