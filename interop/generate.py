@@ -17,7 +17,10 @@ our code does. This script therefore keeps three kinds of knowledge apart:
   against a Noise XX written here from the Noise specification on the
   ``cryptography`` package's X25519, ChaCha20-Poly1305 and HMAC (our session
   core drives the ``noiseprotocol`` package instead), stream keys against
-  ``cryptography``'s HKDF.
+  ``cryptography``'s HKDF. DHT messages are built here from 03-dht.md and
+  compared with the datagrams that live ``DhtNode`` cores, their randomness
+  scripted, send in the same situation; DHT proofs, tokens and store decisions
+  are also put to such cores, and to a model of the store rules written here.
 * **Invalid vectors** are written by hand: literal hex (or structures built
   with ``cbor2``, which does not know our profile, or handshake messages made
   by the Noise XX written here, with any payload, prologue or key) and an
@@ -42,6 +45,7 @@ import argparse
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import sys
@@ -59,7 +63,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import starling.proto
-from starling.proto import codec, identity
+from starling.proto import codec, dht, identity
 from starling.proto import session as ses
 from starling.proto.errors import ErrorCode, StarlingError
 from starling.proto.network import network_id
@@ -2146,6 +2150,14 @@ def session_suite() -> VectorFile:
     )
     expecting_nobody = dataclasses.replace(ini, expected_peer=None)
     zero_e_msg2 = frame16(bytes(32) + seeded_bytes("session/zero-e", 48 + len(honest["p2"]) + 16))
+    # A responder given an all-zero ephemeral key cannot write msg2: its DH ee is all zero.
+    zero_e_responder = NoiseXX(False, prologue_of(main_net), res.static, res.ephemeral)
+    zero_e_responder.read1(bytes(32))
+    try:
+        zero_e_responder.write2(honest["p2"])
+        abort("the reference Noise wrote msg2 in answer to an all-zero ephemeral key")
+    except ValueError:
+        pass
 
     INIT, RESP = ses.Role.INITIATOR, ses.Role.RESPONDER
     # (comment, role, side, network, chunks, end, flags, requirement, error | None)
@@ -2215,6 +2227,9 @@ def session_suite() -> VectorFile:
         ("initiator: msg2 whose ephemeral key is all zero (small order: the DH is all zero)",
          INIT, ini, main_net, [zero_e_msg2], False, ["SmallOrder"], "SES-R9",
          "SESSION_NOISE_AUTH"),
+        ("responder: msg1 whose ephemeral key is all zero (small order: the DH ee of msg2, "
+         "which the responder computes to write it, is all zero)", RESP, res, main_net,
+         [frame16(bytes(32))], False, ["SmallOrder"], "SES-R9", "SESSION_NOISE_AUTH"),
         ("responder: msg3 with a bit of the payload tag flipped", RESP, res, main_net,
          [m1f, bytes(tampered_m3)], False, ["Tampered"], "SES-R9", "SESSION_NOISE_AUTH"),
         ("responder with another ephemeral key: a recorded msg1 and msg3", RESP, fresh_responder,
@@ -2634,6 +2649,959 @@ def check_spec_session_example(honest: dict[str, bytes], frames: list[bytes]) ->
         abort("02-secure-session.md 8.6: the frames differ from the ones sealed here")
 
 
+# ----------------------------------------------------------------------------- dht suite
+# The parts of 03-dht.md that a reimplementer can check without a network: distance and
+# ordering, the bytes of every message, ID proofs, records, store decisions, write tokens
+# and presence keys. Valid vectors are built here from the spec with cbor2, hashlib, hmac
+# and libsodium, then compared with starling.proto.dht. Message encodings are also compared
+# with the datagrams that live DhtNode cores (their randomness scripted) send in the same
+# situation, so the vectors are what the reference implementation puts on the wire; the one
+# exception is marked where it is made (VALUES with records, 03-dht.md 4.5 and 14).
+
+DHT_NOTES = {
+    "SpecExample": "Taken from a worked example of 03-dht.md, hard-coded here from the spec.",
+    "Seeded": 'Keys or IDs derived from seeds SHA-256("starling-vectors/" + label).',
+    "Boundary": "A value at the edge of its range: bucket indexes 0, 255 and 256, ports 1 "
+    "and 65535, a TTL of 1 or 7200 s, a sequence number of 2**64-1, a record of exactly "
+    "1024 bytes.",
+    "Ipv6": "An IPv6 address (16 bytes on the wire) where most vectors use IPv4.",
+    "ClientMode": "Sent by a node in client mode: key 3 is true (03-dht.md 7.5).",
+    "Proof": "A response carrying an ID proof (keys 6 and 7), or a request asking for one (key 5).",
+    "Forged": "An ID proof, record signature or write token that does not hold over what the "
+    "verifier reconstructs: another transaction ID, address, port or key, or bytes changed "
+    "after signing.",
+    "WrongDomain": "Signed under another signature domain than the one the verifier uses: "
+    "domain separation must make it fail.",
+    "LaxVerifies": "The signature satisfies the Ed25519 equation but breaks a pinned rule of "
+    "01-identity section 5 (a small-order key, S >= L); Starling rejects it.",
+    "Extension": "A record payload carrying an unknown odd key, which every node ignores "
+    "and keeps in the signed bytes (00-conventions 5.3).",
+    "Structure": "The record's envelope or payload is not the structure of its field table: "
+    "a missing field, a field of the wrong type or size, an unknown even key, "
+    "non-canonical CBOR, extra envelope keys.",
+    "Rollback": "An incoming record of the same signer and key that does not replace the "
+    "held one: a lower sequence number, or the same one with other bytes.",
+    "Limits": "A size, TTL or storage cap (03-dht.md 9.3, 9.4).",
+    "Truncated": "A token of the wrong length.",
+    "Network": "A control datagram of another network than the public one.",
+}
+
+DHT_REQUESTER_SEED = bytes.fromhex(RFC8032[0][1])  # 01-identity's running example
+DHT_RESPONDER_SEED = bytes.fromhex(RFC8032[1][1])
+DHT_REQUESTER = ("192.0.2.1", 4000)
+DHT_REQUESTER6 = ("2001:db8::1", 4000)
+DHT_RESPONDER = ("198.51.100.7", 4000)
+DHT_CONTACTS = [  # the responder's routing table in the NODES and VALUES examples
+    (seed("dht/contact/1"), ("203.0.113.10", 4001)),
+    (seed("dht/contact/2"), ("203.0.113.20", 4002)),
+    (seed("dht/contact/3"), ("2001:db8:1::3", 4003)),
+]
+DHT_LIMITS = codec.DecodeLimits(max_size=1500, max_depth=4)
+DHT_PROOF_DOMAIN = "starling/dht-proof/1"
+DHT_RECORD_DOMAIN = "starling/dht-record/1"
+DHT_PRESENCE_TAG = b"starling/community-presence/1"
+DHT_TX = {  # transaction IDs, by what the request is
+    "ping": bytes.fromhex("0102030405060708"),
+    "challenge": bytes.fromhex("a1a2a3a4a5a6a7a8"),
+    "bootstrap": bytes.fromhex("1112131415161718"),
+    "find": bytes.fromhex("2122232425262728"),
+    "get": bytes.fromhex("3132333435363738"),
+    "put-get": bytes.fromhex("4142434445464748"),
+    "put": bytes.fromhex("5152535455565758"),
+    "bad-put": bytes.fromhex("6162636465666768"),
+    "client": bytes.fromhex("7172737475767778"),
+    "get-proof": bytes.fromhex("8182838485868788"),
+    "presence": bytes.fromhex("9192939495969798"),
+}
+DHT_SECRET = seed("dht/token/current")  # the responder's current token secret
+DHT_SECRET_PREVIOUS = seed("dht/token/previous")
+
+
+class ScriptedRng:
+    """The randomness a DhtNode draws, scripted: each call returns the next value of the
+    script (which must have the size asked for), then a labelled seeded stream."""
+
+    def __init__(self, label: str, *script: bytes) -> None:
+        self.label = label
+        self.script = list(script)
+        self.drawn = 0
+
+    def __call__(self, size: int) -> bytes:
+        self.drawn += 1
+        if self.script:
+            value = self.script.pop(0)
+            if len(value) != size:
+                abort(f"{self.label}: draw {self.drawn} asks {size} bytes, script has {len(value)}")
+            return value
+        return seeded_bytes(f"{self.label}/{self.drawn}", size)
+
+
+def ip_packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
+
+
+def address_value(addr: tuple[str, int]) -> list[object]:
+    """An address on the wire, 03-dht.md 4.4: [ip bytes, port]."""
+    return [ip_packed(addr[0]), addr[1]]
+
+
+def ed25519_public(secret: bytes) -> bytes:
+    return bytes(nacl.signing.SigningKey(secret).verify_key)
+
+
+def peer_id_of(secret: bytes) -> bytes:
+    return hashlib.sha256(b"starling/peer-id/1" + ed25519_public(secret)).digest()
+
+
+def nacl_sign(secret: bytes, domain: str, payload: bytes) -> bytes:
+    return nacl.signing.SigningKey(secret).sign(signing_input(domain, payload)).signature
+
+
+def proof_of(secret: bytes, txid: bytes, observed: tuple[str, int]) -> bytes:
+    """An ID proof built from 03-dht.md 6.2 with cbor2 and libsodium."""
+    payload = txid + cbor2.dumps(address_value(observed))
+    return nacl_sign(secret, DHT_PROOF_DOMAIN, payload)
+
+
+def token_of(secret: bytes, addr: tuple[str, int]) -> bytes:
+    """A write token from 03-dht.md 10 with the hmac module."""
+    message = ip_packed(addr[0]) + addr[1].to_bytes(2, "big")
+    return hmac.new(secret, message, hashlib.sha256).digest()[:8]
+
+
+def presence_key_of(network: bytes, community: bytes) -> bytes:
+    return hashlib.sha256(DHT_PRESENCE_TAG + network + community).digest()
+
+
+def record_bytes(
+    secret: bytes, payload: object, *, domain: str = DHT_RECORD_DOMAIN, raw: bool = False
+) -> bytes:
+    """A record envelope built with cbor2 and libsodium (01-identity 7, 03-dht.md 9.1).
+    ``payload`` is a dict encoded canonically, or bytes used as they are with ``raw``."""
+    data = payload if raw else cbor2.dumps(payload, canonical=True)
+    assert isinstance(data, bytes)
+    signature = nacl_sign(secret, domain, data)
+    return cbor2.dumps({1: ed25519_public(secret), 2: data, 3: signature}, canonical=True)
+
+
+def dht_datagram(network: bytes, message: dict[int, object]) -> bytes:
+    """Header (02-secure-session 2.2) and body; the body checked against cbor2."""
+    body = codec.encode(message)  # type: ignore[arg-type]
+    if body != cbor2.dumps(message, canonical=True):
+        abort(f"DHT message {message!r}: our encoding differs from cbor2's canonical one")
+    if len(body) > 1500:
+        abort("a DHT message body over 1500 bytes")
+    return b"\x0c\x01" + network + body
+
+
+def dht_core(secret: bytes, rng: ScriptedRng, *, client: bool = False) -> dht.DhtNode:
+    config = dht.DhtConfig(client_mode=client)
+    return dht.DhtNode(identity.PrivateKey(secret), network_id("starling"), rng, 0.0, config)
+
+
+def exchange(cores: dict[tuple[str, int], dht.DhtNode], log: list[Json]) -> None:
+    """Move every datagram between ``cores`` until none is left; log them in order."""
+    moved = True
+    while moved:
+        moved = False
+        for src, core in cores.items():
+            for data, dst in core.datagrams_to_send(0.0):
+                moved = True
+                log.append({"src": src, "dst": dst, "data": data})
+                if dst in cores:
+                    cores[dst].receive_datagram(data, src, 0.0)
+
+
+def sent(core: dht.DhtNode, data: bytes, src: tuple[str, int]) -> list[bytes]:
+    """Deliver one datagram to ``core`` and return what it sends back."""
+    core.receive_datagram(data, src, 0.0)
+    return [d for d, _ in core.datagrams_to_send(0.0)]
+
+
+def live_datagrams(records: list[bytes], peer_record: dht.Record, key: bytes) -> dict[str, bytes]:
+    """What live DhtNode cores send, by name, in the situations of the message vectors."""
+    main_net = network_id("starling")
+    rsp_id = peer_id_of(DHT_RESPONDER_SEED)
+    out: dict[str, bytes] = {}
+    # The requester's maintenance tick finds its one contact silent for over 15 minutes.
+    req = dht_core(DHT_REQUESTER_SEED, ScriptedRng("dht/live/a", seed("dht/a/1"),
+                                                   seed("dht/a/2"), DHT_TX["ping"]))  # fmt: skip
+    req.table.add(dht.Contact(rsp_id, DHT_RESPONDER, 0.0))
+    req.handle_timer(1000.0)
+    (out["ping"], to), *_ = req.datagrams_to_send(1000.0)
+    if to != DHT_RESPONDER:
+        abort("the maintenance PING went elsewhere")
+    # The responder answers it, from IPv4 and from IPv6, then challenges the requester.
+    for name, src in (("pong", DHT_REQUESTER), ("pong6", DHT_REQUESTER6)):
+        rsp = dht_core(DHT_RESPONDER_SEED, ScriptedRng(
+            f"dht/live/{name}", DHT_SECRET, DHT_SECRET_PREVIOUS, DHT_TX["challenge"]))  # fmt: skip
+        replies = sent(rsp, out["ping"], src)
+        if len(replies) != 2:
+            abort(f"{name}: expected a PONG and a challenge, got {len(replies)} datagrams")
+        out[name] = replies[0]
+        out["challenge"] = replies[1]
+    # Bootstrap through the responder, then a FIND_NODE, a GET and a PUT.
+    req = dht_core(DHT_REQUESTER_SEED, ScriptedRng(
+        "dht/live/req", seed("dht/a/1"), seed("dht/a/2"), DHT_TX["bootstrap"], DHT_TX["find"],
+        DHT_TX["get"], DHT_TX["put-get"], DHT_TX["put"]))  # fmt: skip
+    rsp = dht_core(DHT_RESPONDER_SEED, ScriptedRng(
+        "dht/live/rsp", DHT_SECRET, DHT_SECRET_PREVIOUS, DHT_TX["challenge"]))  # fmt: skip
+    cores = {DHT_REQUESTER: req, DHT_RESPONDER: rsp}
+    log: list[Json] = []
+    req.bootstrap([DHT_RESPONDER], 0.0)
+    exchange(cores, log)
+    req.find_node(peer_id_of(seed("dht/target")), 0.0)
+    exchange(cores, log)
+    req.get(key, 0.0)
+    exchange(cores, log)
+    req.put(peer_record, 0.0)
+    exchange(cores, log)
+    names = ["bootstrap", "nodes-empty-proof", "challenge-2", "pong-2", "find", "nodes-empty",
+             "get", "values-empty", "put-get", "values-empty-2", "put", "stored"]  # fmt: skip
+    if len(log) != len(names):
+        abort(f"the bootstrap/find/get/put exchange sent {len(log)} datagrams, not {len(names)}")
+    out.update({name: entry["data"] for name, entry in zip(names, log, strict=True)})
+    # A PUT with a token made for another address.
+    elsewhere = token_of(DHT_SECRET, ("192.0.2.2", 4000))
+    bad = dht_datagram(main_net, {0: 14, 1: DHT_TX["bad-put"], 2: ed25519_public(
+        DHT_REQUESTER_SEED), 4: peer_record.envelope, 6: elsewhere})  # fmt: skip
+    out["error"] = sent(rsp, bad, DHT_REQUESTER)[0]
+    # A client-mode requester bootstraps.
+    client_rng = ScriptedRng("dht/live/client", seed("dht/a/1"), seed("dht/a/2"), DHT_TX["client"])
+    client = dht_core(DHT_REQUESTER_SEED, client_rng, client=True)
+    client.bootstrap([DHT_RESPONDER], 0.0)
+    out["find-client"] = client.datagrams_to_send(0.0)[0][0]
+    # A responder that knows three nodes and stores two presence records.
+    full = dht_core(DHT_RESPONDER_SEED, ScriptedRng(
+        "dht/live/full", DHT_SECRET, DHT_SECRET_PREVIOUS))  # fmt: skip
+    for contact, addr in DHT_CONTACTS:
+        if not full.table.add(dht.Contact(peer_id_of(contact), addr, 0.0)):
+            abort("the responder's table refused a contact")
+    for raw in records:
+        full.store(dht.Record.parse(raw))
+    out["nodes"] = sent(full, out["bootstrap"], DHT_REQUESTER)[0]
+    get_proof = dht_datagram(main_net, {0: 10, 1: DHT_TX["get-proof"], 2: ed25519_public(
+        DHT_REQUESTER_SEED), 4: key, 5: True})  # fmt: skip
+    out["values-proof"] = sent(full, get_proof, DHT_REQUESTER)[0]
+    presence = dht.Record.parse(records[0]).key
+    get_presence = dht_datagram(main_net, {0: 10, 1: DHT_TX["presence"], 2: ed25519_public(
+        DHT_REQUESTER_SEED), 4: presence})  # fmt: skip
+    out["values-records"] = sent(full, get_presence, DHT_REQUESTER)[0]
+    return out
+
+
+def dht_suite() -> VectorFile:
+    vf = VectorFile("dht", "03-dht.md", DHT_NOTES)
+    main_net, lab_net = network_id("starling"), network_id("starling-lab")
+    req_pub, rsp_pub = ed25519_public(DHT_REQUESTER_SEED), ed25519_public(DHT_RESPONDER_SEED)
+    req_id, rsp_id = peer_id_of(DHT_REQUESTER_SEED), peer_id_of(DHT_RESPONDER_SEED)
+    if req_id.hex() != SPEC_PEER_ID:
+        abort("the requester is not 01-identity's running example")
+
+    # -- distance and bucket index --------------------------------------------------------
+    tests = vf.group(
+        "distance",
+        "The XOR distance of two 32-byte IDs a and b, as 32 big-endian bytes, and the index "
+        "of b's bucket in a's routing table: the number of leading bits a and b share "
+        "(03-dht.md 3.1, 3.2), 256 when a = b.",
+    )
+    zero, top = bytes(32), b"\x80" + bytes(31)
+    bit100 = (1 << (255 - 100)).to_bytes(32, "big")
+    pairs: list[tuple[str, bytes, bytes, list[str], str]] = [
+        ("03-dht.md 3.3: the requester's and the responder's peer IDs", req_id, rsp_id,
+         ["SpecExample"], "DHT-R1"),
+        ("the same ID twice: distance 0, bucket index 256", req_id, req_id, ["Boundary"],
+         "DHT-R2"),
+        ("the first bit differs: bucket index 0", zero, top, ["Boundary"], "DHT-R2"),
+        ("only the last bit differs: bucket index 255", zero, bytes(31) + b"\x01",
+         ["Boundary"], "DHT-R2"),
+        ("all bits differ", zero, b"\xff" * 32, ["Boundary"], "DHT-R1"),
+        ("bits 0 to 99 equal, bit 100 differs", bytes(32), bit100, [], "DHT-R2"),
+        ("seeded IDs 'dht/id/1' and 'dht/id/2'", seed("dht/id/1"), seed("dht/id/2"),
+         ["Seeded"], "DHT-R1"),
+        ("the same pair the other way round: XOR is symmetric", seed("dht/id/2"),
+         seed("dht/id/1"), ["Seeded"], "DHT-R1"),
+        ("seeded IDs 'dht/id/3' and 'dht/id/4'", seed("dht/id/3"), seed("dht/id/4"),
+         ["Seeded"], "DHT-R1"),
+    ]  # fmt: skip
+    if bytes(x ^ y for x, y in zip(req_id, rsp_id, strict=True)).hex() != SPEC_DHT["distance"]:
+        abort("03-dht.md 3.3: the distance example differs")
+    for comment, a, b, flags, requirement in pairs:
+        xor = bytes(x ^ y for x, y in zip(a, b, strict=True))
+        bits = "".join(f"{byte:08b}" for byte in xor)
+        shared = len(bits) - len(bits.lstrip("0"))
+        if dht.distance(a, b) != int.from_bytes(xor, "big") or dht.bucket_index(a, b) != shared:
+            abort(f"{comment}: distance or bucket index differs from the XOR computed here")
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"a": a.hex(), "b": b.hex()},
+               expected={"distance": xor.hex(), "bucketIndex": shared})  # fmt: skip
+
+    # -- the closest IDs ------------------------------------------------------------------
+    tests = vf.group(
+        "closest",
+        "Order input.ids by XOR distance to input.target, closest first, and keep the first "
+        "input.count (03-dht.md 3.3): what a node puts in NODES and where a lookup starts.",
+    )
+    ids = [seed(f"dht/closest/{i}") for i in range(25)]
+    spec_ids = [seed(f"dht/closest/{i}") for i in range(6)]
+    target = seed("dht/closest/target")
+    closest_cases: list[tuple[str, bytes, list[bytes], int, list[str]]] = [
+        ("03-dht.md 3.3: six seeded IDs, the three closest", target, spec_ids, 3,
+         ["SpecExample", "Seeded"]),
+        ("25 seeded IDs 'dht/closest/0..24', the k = 20 closest", target, ids, 20, ["Seeded"]),
+        ("the target is one of the IDs: it comes first", ids[7], ids[:12], 5, ["Seeded"]),
+        ("more asked for than there are IDs: all of them, ordered", target, ids[:4], 20,
+         ["Seeded"]),
+    ]  # fmt: skip
+    for comment, tgt, given, count, flags in closest_cases:
+        ordered = sorted(given, key=lambda i: bytes(x ^ y for x, y in zip(i, tgt, strict=True)))
+        table = dht.RoutingTable(b"\xff" * 32, k=64, per_prefix_cap=2, replacements=8)
+        for n, node_id in enumerate(given):
+            table.add(dht.Contact(node_id, ("127.0.0.1", 1000 + n), 0.0))
+        if [c.node_id for c in table.closest(tgt, count)] != ordered[:count]:
+            abort(f"{comment}: RoutingTable.closest differs from the ordering computed here")
+        vf.add(tests, comment, flags=flags, requirement="DHT-R1",
+               input={"target": tgt.hex(), "ids": [i.hex() for i in given], "count": count},
+               expected={"closest": [i.hex() for i in ordered[:count]]})  # fmt: skip
+
+    # -- records, needed by the messages ----------------------------------------------------
+    community = seed("dht/community")
+    pkey = presence_key_of(main_net, community)
+    members = [seed(f"dht/member/{i}") for i in (1, 2)]
+    member_addrs = [("203.0.113.51", 5001), ("2001:db8:2::52", 5002)]
+    presence = [
+        record_bytes(m, {1: 4, 2: pkey, 3: 1, 4: 3600, 5: {1: [address_value(a)]}})
+        for m, a in zip(members, member_addrs, strict=True)
+    ]
+    peer_payload = {1: 2, 2: req_id, 3: 1, 4: 3600, 5: {
+        1: [address_value(DHT_REQUESTER), address_value(DHT_REQUESTER6)],
+        2: [[rsp_id, address_value(DHT_RESPONDER)]]}}  # fmt: skip
+    peer_record = record_bytes(DHT_REQUESTER_SEED, peer_payload)
+    ours = dht.Record.peer(identity.PrivateKey(DHT_REQUESTER_SEED), 1, 3600,
+                           [DHT_REQUESTER, DHT_REQUESTER6], [(rsp_id, DHT_RESPONDER)])  # fmt: skip
+    if ours.envelope != peer_record:
+        abort("Record.peer differs from the peer record built here from 03-dht.md 9.2")
+    if (
+        bytes.fromhex(SPEC_DHT["peer-record"]) != peer_record
+        or bytes.fromhex(SPEC_DHT["presence-key"]) != pkey
+    ):
+        abort("03-dht.md 9.6: the peer record or the presence key differs from the spec")
+    get_key = peer_id_of(seed("dht/get-target"))
+
+    # -- messages ----------------------------------------------------------------------------
+    tests = vf.group(
+        "dht-message",
+        "Encode input.message, a DHT message given as a typed value, as the body of a control "
+        "datagram on network input.networkId (03-dht.md 4): the datagram is 0c 01, the "
+        "network ID, then the canonical CBOR body, and must equal expected.datagram. Then "
+        "decode expected.datagram: its body must give input.message back.",
+    )
+    live = live_datagrams(presence, dht.Record.parse(peer_record), get_key)
+    contacts = sorted(
+        ((peer_id_of(c), a) for c, a in DHT_CONTACTS),
+        key=lambda entry: dht.distance(entry[0], req_id),
+    )
+
+    def entries(toward: bytes) -> list[object]:
+        ordered = sorted(contacts, key=lambda e: dht.distance(e[0], toward))
+        return [[node_id, ip_packed(a[0]), a[1]] for node_id, a in ordered]
+
+    def proof(txid: bytes, to: tuple[str, int] = DHT_REQUESTER) -> dict[int, object]:
+        return {6: proof_of(DHT_RESPONDER_SEED, txid, to), 7: address_value(to)}
+
+    ordered_presence = sorted(
+        presence,
+        key=lambda raw: hashlib.sha256(
+            rsp_id + hashlib.sha256(b"starling/peer-id/1" + cbor2.loads(raw)[1]).digest()
+        ).digest(),
+    )
+    tx = DHT_TX
+    # (comment, network, message, live name or None, flags, requirement)
+    # fmt: off
+    messages: list[tuple[str, bytes, dict[int, object], str | None, list[str], str]] = [
+        ("03-dht.md 4.8: PING, the requester's maintenance ping", main_net,
+         {0: 2, 1: tx["ping"], 2: req_pub}, "ping", ["SpecExample"], "DHT-R3"),
+        ("03-dht.md 4.8: PONG, the responder saw the requester at 192.0.2.1:4000", main_net,
+         {0: 4, 1: tx["ping"], 2: rsp_pub, **proof(tx["ping"])}, "pong",
+         ["SpecExample", "Proof"], "DHT-R10"),
+        ("PONG to a requester at [2001:db8::1]:4000", main_net,
+         {0: 4, 1: tx["ping"], 2: rsp_pub, **proof(tx["ping"], DHT_REQUESTER6)}, "pong6",
+         ["Proof", "Ipv6"], "DHT-R10"),
+        ("PING asking for a proof: the responder challenges a requester it does not know",
+         main_net, {0: 2, 1: tx["challenge"], 2: rsp_pub, 5: True}, "challenge", ["Proof"],
+         "DHT-R10"),
+        ("PONG from the requester, answering that challenge from 198.51.100.7:4000", main_net,
+         {0: 4, 1: tx["challenge"], 2: req_pub,
+          6: proof_of(DHT_REQUESTER_SEED, tx["challenge"], DHT_RESPONDER),
+          7: address_value(DHT_RESPONDER)}, "pong-2", ["Proof"], "DHT-R10"),
+        ("FIND_NODE for the requester's own ID, asking for a proof (bootstrap)", main_net,
+         {0: 6, 1: tx["bootstrap"], 2: req_pub, 4: req_id, 5: True}, "bootstrap", ["Proof"],
+         "DHT-R10"),
+        ("FIND_NODE from a node in client mode", main_net,
+         {0: 6, 1: tx["client"], 2: req_pub, 3: True, 4: req_id, 5: True}, "find-client",
+         ["ClientMode", "Proof"], "DHT-R13"),
+        ("FIND_NODE to a node already proven: no proof asked", main_net,
+         {0: 6, 1: tx["find"], 2: req_pub, 4: peer_id_of(seed("dht/target"))}, "find", [],
+         "DHT-R4"),
+        ("NODES: three node entries (two IPv4, one IPv6), closest to the target first, and "
+         "a proof", main_net,
+         {0: 8, 1: tx["bootstrap"], 2: rsp_pub, 4: entries(req_id), **proof(tx["bootstrap"])},
+         "nodes", ["Proof", "Ipv6"], "DHT-R10"),
+        ("NODES: no node entries, with a proof", main_net,
+         {0: 8, 1: tx["bootstrap"], 2: rsp_pub, 4: [], **proof(tx["bootstrap"])},
+         "nodes-empty-proof", ["Proof"], "DHT-R10"),
+        ("NODES: no node entries, no proof", main_net,
+         {0: 8, 1: tx["find"], 2: rsp_pub, 4: []}, "nodes-empty", [], "DHT-R4"),
+        ("GET to a node already proven", main_net,
+         {0: 10, 1: tx["get"], 2: req_pub, 4: get_key}, "get", [], "DHT-R4"),
+        ("GET asking for a proof", main_net,
+         {0: 10, 1: tx["get-proof"], 2: req_pub, 4: get_key, 5: True}, None, ["Proof"],
+         "DHT-R10"),
+        ("VALUES: no records; three nodes, a proof and a write token", main_net,
+         {0: 12, 1: tx["get-proof"], 2: rsp_pub, 4: entries(get_key),
+          **proof(tx["get-proof"]), 8: token_of(DHT_SECRET, DHT_REQUESTER)},
+         "values-proof", ["Proof"], "DHT-R25"),
+        ("VALUES: no records, no nodes, a write token", main_net,
+         {0: 12, 1: tx["get"], 2: rsp_pub, 4: [], 8: token_of(DHT_SECRET, DHT_REQUESTER)},
+         "values-empty", [], "DHT-R25"),
+        ("VALUES: two presence records at key 10, in the responder's order "
+         "(SHA-256 of its ID and the signer's), three nodes, a write token", main_net,
+         {0: 12, 1: tx["presence"], 2: rsp_pub, 4: entries(pkey),
+          8: token_of(DHT_SECRET, DHT_REQUESTER), 10: ordered_presence},
+         "values-records", [], "DHT-R28"),
+        ("PUT of the requester's peer record (03-dht.md 9.6) with its write token", main_net,
+         {0: 14, 1: tx["put"], 2: req_pub, 4: peer_record,
+          6: token_of(DHT_SECRET, DHT_REQUESTER)}, "put", [], "DHT-R25"),
+        ("STORED", main_net, {0: 16, 1: tx["put"], 2: rsp_pub}, "stored", [], "DHT-R4"),
+        ("ERROR DHT_TOKEN_INVALID (0x0504): a PUT whose token was made for 192.0.2.2",
+         main_net, {0: 18, 1: tx["bad-put"], 2: rsp_pub, 4: int(ErrorCode.DHT_TOKEN_INVALID)},
+         "error", [], "DHT-R25"),
+        ("PING on network starling-lab (e7ccd63e)", lab_net,
+         {0: 2, 1: tx["ping"], 2: req_pub}, None, ["Network"], "DHT-R3"),
+    ]
+    # fmt: on
+    for comment, network, message, live_name, flags, requirement in messages:
+        datagram = dht_datagram(network, message)
+        if live_name == "values-records":
+            # The reference implementation writes the records at key 6, where they displace
+            # the ID proof (03-dht.md 14, open issue); accept that until it moves them.
+            moved = {k: v for k, v in message.items() if k != 10} | {6: message[10]}
+            if live[live_name] not in (datagram, dht_datagram(network, moved)):
+                abort(f"{comment}: the live core sent {live[live_name].hex()}")
+        elif live_name is not None and live[live_name] != datagram:
+            abort(f"{comment}: the live core sent {live[live_name].hex()}, not {datagram.hex()}")
+        if cbor2.loads(datagram[6:]) != message:
+            abort(f"{comment}: cbor2 does not decode the body back")
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"networkId": network.hex(), "message": typed(message)},
+               expected={"datagram": datagram.hex()})  # fmt: skip
+    spec_messages = {
+        "ping": live["ping"],
+        "pong": live["pong"],
+        "put-head": live["put"][: -len(peer_record) - 10],
+        "stored": live["stored"],
+    }
+    for name, data in spec_messages.items():
+        if data.hex() != SPEC_DHT[name]:
+            abort(f"03-dht.md 4.8 / 9.7: the {name} example differs from the live datagram")
+    token_tail = b"\x06\x48" + bytes.fromhex(SPEC_DHT["token"])
+    if live["put"] != bytes.fromhex(SPEC_DHT["put-head"]) + peer_record + token_tail:
+        abort("03-dht.md 9.7: the PUT is not its head, the peer record and the token")
+    spec_input = signing_input(DHT_PROOF_DOMAIN, DHT_TX["ping"] + cbor2.dumps(
+        address_value(DHT_REQUESTER)))  # fmt: skip
+    if spec_input.hex() != SPEC_DHT["proof-signing-input"]:
+        abort("03-dht.md 4.8: the signing input of the proof differs")
+
+    # -- ID proofs --------------------------------------------------------------------------
+    tests = vf.group(
+        "id-proof",
+        "Check an ID proof (03-dht.md 6): input.signature at key 6 and input.observed at key 7 "
+        "of a response whose key 2 is input.responderKey, answering a request whose "
+        "transaction ID is input.txid. input.observed is the CBOR address [ip bytes, port]. "
+        "Valid: the responder's peer ID and the signed payload txid || observed. Invalid: "
+        "DHT_PROOF_INVALID.",
+    )
+    other = seed("dht/proof/other")
+    txid = DHT_TX["ping"]
+    at = cbor2.dumps(address_value(DHT_REQUESTER))
+    good = proof_of(DHT_RESPONDER_SEED, txid, DHT_REQUESTER)
+    s = int.from_bytes(good[32:], "little")
+    malleable = good[:32] + (s + L).to_bytes(32, "little")
+    if not lax_verifies(rsp_pub, signing_input(DHT_PROOF_DOMAIN, txid + at), malleable):
+        abort("the S + L proof does not satisfy the lax equation")
+    torsion = torsion_points()
+    small_key = encode_point(torsion[1])
+    small_sig = forge_for_small_order_key(
+        torsion[1], signing_input(DHT_PROOF_DOMAIN, txid + at), "dht/proof/forge"
+    )
+    seeded_key = seed("dht/proof/seeded")
+    port_one, port_max = ("192.0.2.77", 1), ("2001:db8::77", 65535)
+    # (comment, txid, observed bytes, responder key, signature, flags, error)
+    # fmt: off
+    proof_cases: list[tuple[str, bytes, bytes, bytes, bytes, list[str], str | None]] = [
+        ("03-dht.md 6.3: the proof of the PONG example", txid, at, rsp_pub, good,
+         ["SpecExample"], None),
+        ("observed at [2001:db8::1]:4000", txid, cbor2.dumps(address_value(DHT_REQUESTER6)),
+         rsp_pub, proof_of(DHT_RESPONDER_SEED, txid, DHT_REQUESTER6), ["Ipv6"], None),
+        ("seeded key, observed at port 1", DHT_TX["find"], cbor2.dumps(address_value(port_one)),
+         ed25519_public(seeded_key), proof_of(seeded_key, DHT_TX["find"], port_one),
+         ["Seeded", "Boundary"], None),
+        ("seeded key, observed at port 65535 over IPv6", DHT_TX["get"],
+         cbor2.dumps(address_value(port_max)), ed25519_public(seeded_key),
+         proof_of(seeded_key, DHT_TX["get"], port_max), ["Seeded", "Boundary", "Ipv6"], None),
+        ("signed over another transaction ID", DHT_TX["find"], at, rsp_pub, good, ["Forged"],
+         "DHT_PROOF_INVALID"),
+        ("observed address says port 4001, signed over port 4000", txid,
+         cbor2.dumps(address_value(("192.0.2.1", 4001))), rsp_pub, good, ["Forged"],
+         "DHT_PROOF_INVALID"),
+        ("observed address says 192.0.2.2, signed over 192.0.2.1", txid,
+         cbor2.dumps(address_value(("192.0.2.2", 4000))), rsp_pub, good, ["Forged"],
+         "DHT_PROOF_INVALID"),
+        ("signed by another key than the responder's", txid, at, rsp_pub,
+         proof_of(other, txid, DHT_REQUESTER), ["Forged"], "DHT_PROOF_INVALID"),
+        ("the responder's proof, presented with another key at key 2", txid, at,
+         ed25519_public(other), good, ["Forged"], "DHT_PROOF_INVALID"),
+        ("signed under starling/dht-record/1", txid, at, rsp_pub,
+         nacl_sign(DHT_RESPONDER_SEED, DHT_RECORD_DOMAIN, txid + at), ["WrongDomain"],
+         "DHT_PROOF_INVALID"),
+        ("plain Ed25519 over txid || observed, without the signing input", txid, at, rsp_pub,
+         nacl.signing.SigningKey(DHT_RESPONDER_SEED).sign(txid + at).signature,
+         ["WrongDomain"], "DHT_PROOF_INVALID"),
+        ("signature with S + L", txid, at, rsp_pub, malleable, ["LaxVerifies"],
+         "DHT_PROOF_INVALID"),
+        ("responder key of small order, signature satisfying the equation", txid, at,
+         small_key, small_sig, ["LaxVerifies"], "DHT_PROOF_INVALID"),
+        ("observed address with port 0", txid, cbor2.dumps([ip_packed("192.0.2.1"), 0]),
+         rsp_pub, nacl_sign(DHT_RESPONDER_SEED, DHT_PROOF_DOMAIN,
+                            txid + cbor2.dumps([ip_packed("192.0.2.1"), 0])),
+         ["Boundary"], "DHT_PROOF_INVALID"),
+    ]
+    # fmt: on
+    for comment, t_id, observed, key, signature, flags, error in proof_cases:
+        payload = t_id + observed
+        verdict = proof_verdict_of_core(t_id, observed, key, signature)
+        if error is None:
+            nacl.signing.VerifyKey(key).verify(signing_input(DHT_PROOF_DOMAIN, payload), signature)
+            if verdict != "proven":
+                abort(f"{comment}: a DhtNode does not accept the proof ({verdict})")
+            responder_id = hashlib.sha256(b"starling/peer-id/1" + key).digest()
+            expected: Json = {"responderId": responder_id.hex(), "payload": payload.hex()}
+        else:
+            if verdict != error:
+                abort(f"DISAGREEMENT on {comment!r}: expects {error}, a DhtNode says {verdict}")
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement="DHT-R10",
+               input={"txid": t_id.hex(), "observed": observed.hex(), "responderKey": key.hex(),
+                      "signature": signature.hex()},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- records -------------------------------------------------------------------------------
+    tests = vf.group(
+        "record",
+        "Check input.envelope as a DHT record (03-dht.md 9.1-9.3), as a storing node does "
+        "before storing it and a reader before using it. Valid: the signer's public key, its "
+        "peer ID and the payload as a typed value. Invalid: the first failing check of 9.3.",
+        cddl={"file": "spec/cddl/dht.cddl", "rule": "record-envelope", "field": "envelope"},
+    )
+    owner = seed("dht/record/owner")
+    owner_id = peer_id_of(owner)
+    stranger_id = peer_id_of(seed("dht/record/stranger"))
+
+    def peer(value: dict[int, object] | None = None, **changes: object) -> dict[int, object]:
+        empty: dict[int, object] = {1: [], 2: []}
+        payload: dict[int, object] = {1: 2, 2: owner_id, 3: 7, 4: 600, 5: value or empty}
+        payload.update({int(k[1:]): v for k, v in changes.items()})
+        return payload
+
+    def pres(**changes: object) -> dict[int, object]:
+        payload: dict[int, object] = {1: 4, 2: pkey, 3: 1, 4: 600, 5: {}}
+        payload.update({int(k[1:]): v for k, v in changes.items()})
+        return payload
+
+    def padded(size: int) -> bytes:
+        """A presence record of exactly ``size`` bytes, padded in an odd value key."""
+        for pad in range(size):
+            raw = record_bytes(owner, pres(k5={3: bytes(pad)}))
+            if len(raw) == size:
+                return raw
+        abort(f"no padding gives a record of {size} bytes")
+
+    good_peer = record_bytes(owner, peer({1: [address_value(("192.0.2.9", 4000))], 2: []}))
+    flipped = bytearray(good_peer)
+    flipped[-70] ^= 0x01  # inside the payload, which the signature covers
+    envelope_fields = cbor2.loads(good_peer)
+    small = forge_for_small_order_key(
+        torsion[0], signing_input(DHT_RECORD_DOMAIN, envelope_fields[2]), "dht/record/forge"
+    )
+    non_shortest_payload = cbor2.dumps(pres(), canonical=True).replace(
+        b"\x03\x01", b"\x03\x18\x01", 1
+    )
+    if cbor2.loads(non_shortest_payload) != pres():
+        abort("the non-shortest payload does not hold the same fields")
+    max_seq = 2**64 - 1
+    # (comment, envelope, flags, requirement, error)
+    # fmt: off
+    record_cases: list[tuple[str, bytes, list[str], str, str | None]] = [
+        ("03-dht.md 9.6: the requester's peer record, two addresses and a relay", peer_record,
+         ["SpecExample", "Ipv6"], "DHT-R21", None),
+        ("a peer record with no addresses and no relays (seeded key 'dht/record/owner')",
+         record_bytes(owner, peer()), ["Seeded"], "DHT-R21", None),
+        ("a presence record of member 'dht/member/1' with one address", presence[0],
+         ["Seeded"], "DHT-R21", None),
+        ("a presence record with an empty value", record_bytes(owner, pres()), ["Seeded"],
+         "DHT-R20", None),
+        ("sequence number 2**64-1 and TTL 7200", record_bytes(owner, pres(k3=max_seq, k4=7200)),
+         ["Boundary"], "DHT-R24", None),
+        ("TTL 1 and sequence number 0", record_bytes(owner, pres(k3=0, k4=1)), ["Boundary"],
+         "DHT-R24", None),
+        ("an unknown odd key 7 in the payload", record_bytes(owner, pres(k7="later")),
+         ["Extension"], "DHT-R20", None),
+        ("a record of exactly 1024 bytes", padded(1024), ["Boundary", "Limits"], "DHT-R23",
+         None),
+        ("a record of 1025 bytes", padded(1025), ["Limits"], "DHT-R23",
+         "DHT_RECORD_TOO_LARGE"),
+        ("a payload bit flipped after signing", bytes(flipped), ["Forged"], "DHT-R20",
+         "DHT_RECORD_INVALID"),
+        ("signed under starling/dht-proof/1", record_bytes(owner, pres(),
+         domain=DHT_PROOF_DOMAIN), ["WrongDomain"], "DHT-R20", "DHT_RECORD_INVALID"),
+        ("signed under starling/test/1", record_bytes(owner, pres(), domain=TEST_DOMAIN),
+         ["WrongDomain"], "DHT-R20", "DHT_RECORD_INVALID"),
+        ("signer key of small order, signature satisfying the equation",
+         cbor2.dumps({1: encode_point(torsion[0]), 2: envelope_fields[2], 3: small}),
+         ["LaxVerifies"], "DHT-R20", "DHT_RECORD_INVALID"),
+        ("an envelope with an extra key 5",
+         cbor2.dumps({**envelope_fields, 5: 0}), ["Structure"], "DHT-R20",
+         "DHT_RECORD_INVALID"),
+        ("no sequence number (key 3)", record_bytes(owner, {1: 4, 2: pkey, 4: 600, 5: {}}),
+         ["Structure"], "DHT-R20", "DHT_RECORD_INVALID"),
+        ("an unknown even key 6 in the payload", record_bytes(owner, pres(k6=0)),
+         ["Structure"], "DHT-R20", "DHT_RECORD_INVALID"),
+        ("TTL 0", record_bytes(owner, pres(k4=0)), ["Structure"], "DHT-R20",
+         "DHT_RECORD_INVALID"),
+        ("a negative sequence number", record_bytes(owner, pres(k3=-1)), ["Structure"],
+         "DHT-R20", "DHT_RECORD_INVALID"),
+        ("a key of 31 bytes", record_bytes(owner, pres(k2=pkey[:31])), ["Structure"],
+         "DHT-R20", "DHT_RECORD_INVALID"),
+        ("the value is an array", record_bytes(owner, pres(k5=[])), ["Structure"], "DHT-R20",
+         "DHT_RECORD_INVALID"),
+        ("the payload is an array", record_bytes(owner, [4, pkey, 1, 600, {}]), ["Structure"],
+         "DHT-R20", "DHT_RECORD_INVALID"),
+        ("the payload's sequence number in a non-shortest head (signed as such)",
+         record_bytes(owner, non_shortest_payload, raw=True), ["Structure"], "DHT-R20",
+         "DHT_RECORD_INVALID"),
+        ("TTL 7201", record_bytes(owner, pres(k4=7201)), ["Limits"], "DHT-R24",
+         "DHT_RECORD_TTL"),
+        ("a peer record under another peer's ID", record_bytes(owner, peer(k2=stranger_id)),
+         [], "DHT-R21", "DHT_RECORD_KEY_MISMATCH"),
+        ("a peer record under a presence key", record_bytes(owner, peer(k2=pkey)), [],
+         "DHT-R21", "DHT_RECORD_KEY_MISMATCH"),
+        ("kind 6, not registered", record_bytes(owner, pres(k1=6)), [], "DHT-R20",
+         "DHT_RECORD_KIND"),
+        ("kind 3, odd and not registered", record_bytes(owner, pres(k1=3)), [], "DHT-R20",
+         "DHT_RECORD_KIND"),
+        ("kind 0", record_bytes(owner, pres(k1=0)), [], "DHT-R20", "DHT_RECORD_KIND"),
+    ]
+    # fmt: on
+    for comment, raw, flags, requirement, error in record_cases:
+        if error is None:
+            record = dht.Record.parse(raw)
+            fields = cbor2.loads(raw)
+            nacl.signing.VerifyKey(fields[1]).verify(
+                signing_input(DHT_RECORD_DOMAIN, fields[2]), fields[3]
+            )
+            payload = cbor2.loads(fields[2])
+            if (record.kind, record.key, record.seq, record.ttl, record.value) != tuple(
+                payload[k] for k in (1, 2, 3, 4, 5)
+            ):
+                abort(f"{comment}: Record.parse reads other fields than cbor2")
+            signer_id = hashlib.sha256(b"starling/peer-id/1" + fields[1]).digest()
+            expected = {"signer": fields[1].hex(), "signerId": signer_id.hex(),
+                        "payload": typed(payload)}  # fmt: skip
+        else:
+            expect_error(lambda r=raw: dht.Record.parse(r), error, comment)
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"envelope": raw.hex()}, expected=expected, error=error)  # fmt: skip
+
+    # -- store decisions -----------------------------------------------------------------------
+    tests = vf.group(
+        "store",
+        "A storing node with the caps input.caps (records per key, per signer, in all) stores "
+        "the records of input.held in order (each is accepted), then input.incoming "
+        "(03-dht.md 9.4). Valid: every record it holds afterwards, ordered by key, then by "
+        "signer peer ID. Invalid: the code it refuses input.incoming with.",
+    )
+    default_caps = {"perKey": 32, "perSigner": 32, "total": 20000}
+    alice, bob, carol = (seed(f"dht/store/{n}") for n in ("alice", "bob", "carol"))
+    keys = [presence_key_of(main_net, seed(f"dht/store/community/{i}")) for i in range(3)]
+
+    def rec(signer: bytes, seq: int, key: bytes | None = None, note: str = "") -> bytes:
+        if key is None:  # a peer record
+            value = {1: [address_value(("192.0.2.30", 4000 + seq))]} | ({3: note} if note else {})
+            return record_bytes(signer, {1: 2, 2: peer_id_of(signer), 3: seq, 4: 600, 5: value})
+        return record_bytes(signer, {1: 4, 2: key, 3: seq, 4: 600, 5: {}})
+
+    same_seq_other = rec(alice, 5, note="moved")
+    # (comment, caps, held, incoming, flags, requirement, error)
+    # fmt: off
+    store_cases: list[tuple[str, Json, list[bytes], bytes, list[str], str, str | None]] = [
+        ("nothing held: the record is stored", default_caps, [], rec(alice, 5), [], "DHT-R22",
+         None),
+        ("a higher sequence number replaces the held record", default_caps, [rec(alice, 5)],
+         rec(alice, 6), [], "DHT-R22", None),
+        ("a much higher sequence number replaces it too", default_caps, [rec(alice, 5)],
+         rec(alice, 2**40), [], "DHT-R22", None),
+        ("the same record again, byte for byte, is accepted", default_caps, [rec(alice, 5)],
+         rec(alice, 5), [], "DHT-R22", None),
+        ("a lower sequence number is refused", default_caps, [rec(alice, 5)], rec(alice, 4),
+         ["Rollback"], "DHT-R22", "DHT_RECORD_SEQ"),
+        ("sequence number 0 against a held 1", default_caps, [rec(alice, 1)], rec(alice, 0),
+         ["Rollback"], "DHT-R22", "DHT_RECORD_SEQ"),
+        ("the same sequence number with other bytes is refused", default_caps,
+         [rec(alice, 5)], same_seq_other, ["Rollback"], "DHT-R22", "DHT_RECORD_SEQ"),
+        ("another signer under the same presence key: both are kept", default_caps,
+         [rec(alice, 1, keys[0])], rec(bob, 1, keys[0]), [], "DHT-R22", None),
+        ("a lower sequence number from another signer is not a rollback", default_caps,
+         [rec(alice, 9, keys[0])], rec(bob, 1, keys[0]), [], "DHT-R22", None),
+        ("the same signer under another key: both are kept", default_caps,
+         [rec(alice, 1, keys[0])], rec(alice, 1, keys[1]), [], "DHT-R22", None),
+        ("2 records per key: a third signer under a full key is refused",
+         {"perKey": 2, "perSigner": 32, "total": 20000},
+         [rec(alice, 1, keys[0]), rec(bob, 1, keys[0])], rec(carol, 1, keys[0]), ["Limits"],
+         "DHT-R24", "DHT_KEY_FULL"),
+        ("2 records per key: a newer record of a signer already held still replaces",
+         {"perKey": 2, "perSigner": 32, "total": 20000},
+         [rec(alice, 1, keys[0]), rec(bob, 1, keys[0])], rec(bob, 2, keys[0]), ["Limits"],
+         "DHT-R24", None),
+        ("2 records per signer: a third key of the same signer is refused",
+         {"perKey": 32, "perSigner": 2, "total": 20000},
+         [rec(alice, 1, keys[0]), rec(alice, 1, keys[1])], rec(alice, 1, keys[2]),
+         ["Limits"], "DHT-R24", "DHT_SIGNER_FULL"),
+        ("3 records in all: a fourth is refused", {"perKey": 32, "perSigner": 32, "total": 3},
+         [rec(alice, 1, keys[0]), rec(bob, 1, keys[0]), rec(carol, 1, keys[1])],
+         rec(carol, 1, keys[2]), ["Limits"], "DHT-R24", "DHT_STORE_FULL"),
+        ("3 records in all: a replacement is no new record",
+         {"perKey": 32, "perSigner": 32, "total": 3},
+         [rec(alice, 1, keys[0]), rec(bob, 1, keys[0]), rec(carol, 1, keys[1])],
+         rec(carol, 2, keys[1]), ["Limits"], "DHT-R24", None),
+    ]
+    # fmt: on
+    for comment, caps, held, incoming, flags, requirement, error in store_cases:
+        model = store_model(caps, held, incoming)
+        if error is None:
+            if not isinstance(model, list):
+                abort(f"{comment}: the model of 03-dht.md 9.4 refuses it with {model}")
+            if run_store(caps, held, incoming) != model:
+                abort(f"{comment}: DhtNode.store keeps other records than the model")
+            expected = {"stored": [r.hex() for r in model]}
+        else:
+            if model != error:
+                abort(f"{comment}: the model of 03-dht.md 9.4 says {model}, not {error}")
+            expect_error(lambda c=caps, h=held, i=incoming: run_store(c, h, i), error, comment)
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"caps": caps, "held": [r.hex() for r in held], "incoming": incoming.hex()},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- write tokens ------------------------------------------------------------------------
+    tests = vf.group(
+        "write-token",
+        "The write token a node with the token secret input.secret gives the address "
+        "input.ip (4 or 16 bytes) and input.port (03-dht.md 10): "
+        "HMAC-SHA256(secret, ip || u16be(port)), first 8 bytes.",
+    )
+    # (comment, secret, ip, port, flags)
+    token_cases: list[tuple[str, bytes, str, int, list[str]]] = [
+        ("03-dht.md 10: 192.0.2.1:4000", DHT_SECRET, "192.0.2.1", 4000, ["SpecExample"]),
+        ("[2001:db8::1]:4000", DHT_SECRET, "2001:db8::1", 4000, ["Ipv6"]),
+        ("the same IPv4 address written as IPv4-mapped IPv6 gives another token", DHT_SECRET,
+         "::ffff:192.0.2.1", 4000, ["Ipv6"]),
+        ("port 1", DHT_SECRET, "192.0.2.1", 1, ["Boundary"]),
+        ("port 65535", DHT_SECRET, "192.0.2.1", 65535, ["Boundary"]),
+        ("the previous secret", DHT_SECRET_PREVIOUS, "192.0.2.1", 4000, ["Seeded"]),
+    ]  # fmt: skip
+    for comment, secret, ip, port, flags in token_cases:
+        token = token_of(secret, (ip, port))
+        if dht.write_token(secret, (ip, port)) != token:
+            abort(f"{comment}: write_token differs from the HMAC computed here")
+        vf.add(tests, comment, flags=flags, requirement="DHT-R25",
+               input={"secret": secret.hex(), "ip": ip_packed(ip).hex(), "port": port},
+               expected={"token": token.hex()})  # fmt: skip
+    if token_of(DHT_SECRET, DHT_REQUESTER).hex() != SPEC_DHT["token"]:
+        abort("03-dht.md 10: the token example differs")
+
+    tests = vf.group(
+        "token-check",
+        "A node whose current token secret is input.current and previous one input.previous "
+        "receives a PUT from input.ip and input.port carrying input.token (03-dht.md 10). "
+        "Valid: the token is accepted. Invalid: DHT_TOKEN_INVALID.",
+    )
+    older = seed("dht/token/older")
+    here = DHT_REQUESTER
+    # (comment, token, ip, port, flags, error)
+    # fmt: off
+    check_cases: list[tuple[str, bytes, tuple[str, int], list[str], str | None]] = [
+        ("a token of the current secret", token_of(DHT_SECRET, here), here, [], None),
+        ("a token of the previous secret", token_of(DHT_SECRET_PREVIOUS, here), here, [], None),
+        ("a token of the secret before the previous one", token_of(older, here), here, [],
+         "DHT_TOKEN_INVALID"),
+        ("a token made for another port", token_of(DHT_SECRET, ("192.0.2.1", 4001)), here,
+         ["Forged"], "DHT_TOKEN_INVALID"),
+        ("a token made for another IP address", token_of(DHT_SECRET, ("192.0.2.2", 4000)), here,
+         ["Forged"], "DHT_TOKEN_INVALID"),
+        ("a token made for the IPv4-mapped IPv6 form of the address",
+         token_of(DHT_SECRET, ("::ffff:192.0.2.1", 4000)), here, ["Forged", "Ipv6"],
+         "DHT_TOKEN_INVALID"),
+        ("the first 7 bytes of a good token", token_of(DHT_SECRET, here)[:7], here,
+         ["Truncated"], "DHT_TOKEN_INVALID"),
+        ("the whole 32-byte HMAC", hmac.new(DHT_SECRET, ip_packed(here[0]) + b"\x0f\xa0",
+                                            hashlib.sha256).digest(), here, ["Truncated"],
+         "DHT_TOKEN_INVALID"),
+        ("an empty token", b"", here, ["Truncated"], "DHT_TOKEN_INVALID"),
+        ("from IPv6: a token of the current secret", token_of(DHT_SECRET, DHT_REQUESTER6),
+         DHT_REQUESTER6, ["Ipv6"], None),
+    ]
+    # fmt: on
+    for comment, token, addr, flags, error in check_cases:
+        verdict = token_verdict_of_core(token, addr, dht.Record.parse(peer_record))
+        if verdict != (error or "STORED"):
+            abort(f"DISAGREEMENT on {comment!r}: expects {error or 'STORED'}, a DhtNode says "
+                  f"{verdict}")  # fmt: skip
+        vf.add(tests, comment, flags=flags, requirement="DHT-R25",
+               input={"current": DHT_SECRET.hex(), "previous": DHT_SECRET_PREVIOUS.hex(),
+                      "ip": ip_packed(addr[0]).hex(), "port": addr[1], "token": token.hex()},
+               expected={}, error=error)  # fmt: skip
+
+    # -- presence keys -----------------------------------------------------------------------
+    tests = vf.group(
+        "presence-key",
+        "The DHT key under which the members of a community announce themselves "
+        '(03-dht.md 9.2): SHA-256("starling/community-presence/1" || network ID || '
+        "community key).",
+    )
+    presence_cases: list[tuple[str, bytes, bytes, list[str]]] = [
+        ("03-dht.md 9.6: community key 'dht/community' on the public network", main_net,
+         community, ["SpecExample", "Seeded"]),
+        ("the same community key on network starling-lab", lab_net, community,
+         ["Seeded", "Network"]),
+        ("RFC 8032 TEST 1's public key as a community key", main_net, req_pub, []),
+    ]  # fmt: skip
+    for comment, network, ckey, flags in presence_cases:
+        key = presence_key_of(network, ckey)
+        if dht.presence_key(network, ckey) != key:
+            abort(f"{comment}: presence_key differs from the hash computed here")
+        vf.add(tests, comment, flags=flags, requirement="DHT-R21",
+               input={"networkId": network.hex(), "communityKey": ckey.hex()},
+               expected={"key": key.hex()})  # fmt: skip
+    return vf
+
+
+def proof_verdict_of_core(txid: bytes, observed: bytes, key: bytes, signature: bytes) -> str:
+    """What a DhtNode makes of a proof: a bootstrap request goes out with ``txid``, and a
+    NODES reply carrying the proof comes back from the address it went to."""
+    seed_addr = ("198.51.100.99", 4000)
+    core = dht_core(DHT_REQUESTER_SEED, ScriptedRng("dht/verdict", seed("dht/v/1"),
+                                                    seed("dht/v/2"), txid))  # fmt: skip
+    core.bootstrap([seed_addr], 0.0)
+    core.datagrams_to_send(0.0)
+    reply = {0: 8, 1: txid, 2: key, 4: [], 6: signature, 7: cbor2.loads(observed)}
+    core.receive_datagram(b"\x0c\x01" + network_id("starling") + cbor2.dumps(reply), seed_addr,
+                          0.0)  # fmt: skip
+    reporter = hashlib.sha256(b"starling/peer-id/1" + key).digest()
+    while (event := core.next_event()) is not None:
+        if isinstance(event, dht.ObservedAddress) and event.reporter == reporter:
+            return "proven"
+    if core.stats["rejected_DHT_PROOF_INVALID"]:
+        return "DHT_PROOF_INVALID"
+    return "ignored"
+
+
+def token_verdict_of_core(token: bytes, addr: tuple[str, int], record: dht.Record) -> str:
+    """What a DhtNode with the token secrets of the vectors answers to a PUT carrying
+    ``token`` from ``addr``: STORED, or the code of its ERROR."""
+    core = dht_core(DHT_RESPONDER_SEED, ScriptedRng("dht/token-core", DHT_SECRET,
+                                                    DHT_SECRET_PREVIOUS))  # fmt: skip
+    put = {0: 14, 1: DHT_TX["put"], 2: ed25519_public(DHT_REQUESTER_SEED), 4: record.envelope,
+           6: token}  # fmt: skip
+    replies = sent(core, dht_datagram(network_id("starling"), put), addr)
+    answer = cbor2.loads(replies[0][6:])
+    if answer[0] == 16:
+        return "STORED"
+    return ErrorCode(answer[4]).name if answer[0] == 18 else f"type {answer[0]}"
+
+
+def store_model(caps: Json, held: list[bytes], incoming: bytes) -> list[bytes] | str:
+    """03-dht.md 9.4 written out: the records kept, or the code of the refusal."""
+    slots: dict[tuple[bytes, bytes], tuple[int, bytes]] = {}
+
+    def signer_and_payload(raw: bytes) -> tuple[bytes, dict[int, Any]]:
+        fields = cbor2.loads(raw)
+        return hashlib.sha256(b"starling/peer-id/1" + fields[1]).digest(), cbor2.loads(fields[2])
+
+    for raw in [*held, incoming]:
+        signer, payload = signer_and_payload(raw)
+        slot = (payload[2], signer)
+        if slot in slots:
+            seq, old = slots[slot]
+            if payload[3] < seq or (payload[3] == seq and raw != old):
+                return "DHT_RECORD_SEQ"
+        elif sum(1 for k, _ in slots if k == payload[2]) >= caps["perKey"]:
+            return "DHT_KEY_FULL"
+        elif sum(1 for _, s in slots if s == signer) >= caps["perSigner"]:
+            return "DHT_SIGNER_FULL"
+        elif len(slots) >= caps["total"]:
+            return "DHT_STORE_FULL"
+        slots[slot] = (payload[3], raw)
+    return [raw for _, (_, raw) in sorted(slots.items())]
+
+
+def run_store(caps: Json, held: list[bytes], incoming: bytes) -> list[bytes]:
+    """Our DhtNode.store on the same input; raises what it raises on ``incoming``."""
+    config = dht.DhtConfig(
+        max_records_per_key=caps["perKey"],
+        max_records_per_signer=caps["perSigner"],
+        max_records=caps["total"],
+    )
+    core = dht.DhtNode(identity.PrivateKey(DHT_RESPONDER_SEED), network_id("starling"),
+                       ScriptedRng("dht/store-core"), 0.0, config)  # fmt: skip
+    for raw in held:
+        try:
+            core.store(dht.Record.parse(raw))
+        except StarlingError as exc:
+            abort(f"DhtNode.store refused a held record: {exc}")
+    core.store(dht.Record.parse(incoming))
+    return [
+        record.envelope
+        for key in sorted(core.records)
+        for _, (record, _) in sorted(core.records[key].items())
+    ]
+
+
+# Worked examples of 03-dht.md, hard-coded from the spec.
+SPEC_DHT = {
+    "ping": "0c01a5146c9aa3000201480102030405060708025820d75a980182b10ab7d54bfed3c964073a0ee172f3"
+    "daa62325af021a68f707511a",
+    "pong": "0c01a5146c9aa50004014801020304050607080258203d4017c3e843895a92b70aa74d1b7ebc9c982ccf2e"
+    "c4968cc0cd55f12af4660c065840dc8f639d8434d4f53bd56002e1844038dd06d062d0c8fa0d8c548bb76fcefbcf"
+    "3147171946624815b4f0ff5305b4281cae1510918e8576ef4d6e88990b45f202078244c0000201190fa0",
+    "proof-signing-input": "737461726c696e672f7369672f310014737461726c696e672f6468742d70726f6f66"
+    "2f3101020304050607088244c0000201190fa0",
+    "put-head": "0c01a5146c9aa5000e01485152535455565758025820d75a980182b10ab7d54bfed3c964073a0ee172"
+    "f3daa62325af021a68f707511a0458e6",
+    "stored": "0c01a5146c9aa30010014851525354555657580258203d4017c3e843895a92b70aa74d1b7ebc9c982ccf"
+    "2ec4968cc0cd55f12af4660c",
+    "peer-record": "a3015820d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a02587c"
+    "a50102025820efbc1c31b2d305dbe9bde5573102e5a707c77143c2a302cf8b9bb2459135acb6030104190e1005a2"
+    "01828244c0000201190fa0825020010db8000000000000000000000001190fa00281825820a713ebff92a152c967"
+    "3cf5d9a0e19850860c8ab3f428e1bc0b568c19b737206a8244c6336407190fa003584031212b7afde1fdd37f3d83"
+    "d1c86fe2efa781526785328dc937914459d5665b32b261537b6edac44edddc362fed8fc9aea642974c895c44ae83"
+    "c615c62929fe02",
+    "presence-key": "59867d5c1c19cce26c5c0ce677fe54c0a15b14d3afef04cf6c438f7df47adf6e",
+    "token": "1f5e1edad2538dc1",
+    "distance": "48aff7ce207257128e81108e91e37df781cbfbf0368be37380cd3e5c26028cdc",
+}
+
+
 # ----------------------------------------------------------------------------- main
 
 SUITES: dict[str, Callable[[], VectorFile]] = {
@@ -2641,6 +3609,7 @@ SUITES: dict[str, Callable[[], VectorFile]] = {
     "identity": identity_suite,
     "envelope": envelope_suite,
     "session": session_suite,
+    "dht": dht_suite,
 }
 
 

@@ -25,6 +25,8 @@ allowed, so a harness cannot pass by supporting nothing.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import shlex
 import subprocess
@@ -34,9 +36,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from starling.proto import codec, identity
+from starling.proto import codec, dht, identity
 from starling.proto import session as ses
-from starling.proto.errors import StarlingError
+from starling.proto.errors import DhtError, ErrorCode, StarlingError
+from starling.proto.network import DatagramKind, classify, control_header
 
 __all__ = [
     "FAIL",
@@ -373,6 +376,115 @@ def _run_frame_receive(group: Json, test: Json) -> Outputs:
     return {"frames": [frame.hex() for frame in frames]}
 
 
+# -- dht (03-dht.md) -------------------------------------------------------------------
+
+_DHT_BODY_LIMITS = codec.DecodeLimits(max_size=1500, max_depth=4)  # [DHT-R32]
+
+
+def _ip_text(packed: str) -> str:
+    return str(ipaddress.ip_address(bytes.fromhex(packed)))
+
+
+def _run_dht_distance(group: Json, test: Json) -> Outputs:
+    a, b = bytes.fromhex(test["input"]["a"]), bytes.fromhex(test["input"]["b"])
+    return {
+        "distance": dht.distance(a, b).to_bytes(32, "big").hex(),
+        "bucketIndex": dht.bucket_index(a, b),
+    }
+
+
+def _run_dht_closest(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    target = bytes.fromhex(given["target"])
+    ids = sorted((bytes.fromhex(i) for i in given["ids"]), key=lambda i: dht.distance(i, target))
+    return {"closest": [i.hex() for i in ids[: given["count"]]]}
+
+
+def _run_dht_message(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    network = bytes.fromhex(given["networkId"])
+    datagram = control_header(network) + codec.encode(from_typed(given["message"]))
+    expected = test["expected"].get("datagram")
+    if expected is not None:  # valid vectors check the decoding direction too
+        wire = bytes.fromhex(expected)
+        if classify(wire, network) is not DatagramKind.CONTROL:
+            raise Mismatch("the expected datagram is not a control datagram of its network")
+        body = codec.decode(wire[len(control_header(network)) :], _DHT_BODY_LIMITS)
+        if to_typed(body) != given["message"]:
+            raise Mismatch(f"the expected datagram decodes to {json.dumps(to_typed(body))}")
+    return {"datagram": datagram.hex()}
+
+
+def _run_dht_id_proof(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    txid = bytes.fromhex(given["txid"])
+    try:
+        observed = dht.decode_address(codec.decode(bytes.fromhex(given["observed"])))
+        key = identity.PublicKey(bytes.fromhex(given["responderKey"]))
+        payload = dht.proof_payload(txid, observed)
+        key.verify(dht.PROOF_DOMAIN, payload, bytes.fromhex(given["signature"]))
+    except StarlingError as exc:  # whatever fails, the proof proves nothing [DHT-R10]
+        raise DhtError(ErrorCode.DHT_PROOF_INVALID, str(exc), "DHT-R10") from None
+    return {"responderId": key.peer_id.raw.hex(), "payload": payload.hex()}
+
+
+def _run_dht_record(group: Json, test: Json) -> Outputs:
+    data = bytes.fromhex(test["input"]["envelope"])
+    record = dht.Record.parse(data)
+    payload = identity.open_envelope(data, dht.RECORD_DOMAIN).payload
+    return {
+        "signer": record.signer.raw.hex(),
+        "signerId": record.signer_id.hex(),
+        "payload": to_typed(codec.decode(payload)),
+    }
+
+
+def _run_dht_store(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    caps = given["caps"]
+    config = dht.DhtConfig(
+        max_records_per_key=caps["perKey"],
+        max_records_per_signer=caps["perSigner"],
+        max_records=caps["total"],
+    )
+    node = dht.DhtNode(identity.PrivateKey(bytes(32)), bytes(4), bytes, 0.0, config)
+    for i, held in enumerate(given["held"]):
+        try:
+            node.store(dht.Record.parse(bytes.fromhex(held)))
+        except StarlingError as exc:
+            raise Mismatch(f"held record {i} refused: {exc}") from None
+    node.store(dht.Record.parse(bytes.fromhex(given["incoming"])))
+    return {
+        "stored": [
+            record.envelope.hex()
+            for key in sorted(node.records)
+            for _, (record, _) in sorted(node.records[key].items())
+        ]
+    }
+
+
+def _run_dht_write_token(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    address = (_ip_text(given["ip"]), given["port"])
+    return {"token": dht.write_token(bytes.fromhex(given["secret"]), address).hex()}
+
+
+def _run_dht_token_check(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    address = (_ip_text(given["ip"]), given["port"])
+    token = bytes.fromhex(given["token"])
+    secrets = (bytes.fromhex(given["current"]), bytes.fromhex(given["previous"]))
+    if not any(hmac.compare_digest(token, dht.write_token(s, address)) for s in secrets):
+        raise DhtError(ErrorCode.DHT_TOKEN_INVALID, "not a token of ours for you", "DHT-R25")
+    return {}
+
+
+def _run_dht_presence_key(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    network, community = bytes.fromhex(given["networkId"]), bytes.fromhex(given["communityKey"])
+    return {"key": dht.presence_key(network, community).hex()}
+
+
 SUITES: Mapping[str, Mapping[str, TestRunner]] = {
     "codec": {"cbor": _run_cbor, "message": _run_message},
     "identity": {
@@ -387,6 +499,17 @@ SUITES: Mapping[str, Mapping[str, TestRunner]] = {
         "handshake-payload": _run_handshake_payload,
         "stream-header": _run_stream_header,
         "frame-receive": _run_frame_receive,
+    },
+    "dht": {
+        "distance": _run_dht_distance,
+        "closest": _run_dht_closest,
+        "dht-message": _run_dht_message,
+        "id-proof": _run_dht_id_proof,
+        "record": _run_dht_record,
+        "store": _run_dht_store,
+        "write-token": _run_dht_write_token,
+        "token-check": _run_dht_token_check,
+        "presence-key": _run_dht_presence_key,
     },
 }
 """Suite name -> group type -> runner. A group type missing here is "unsupported"."""

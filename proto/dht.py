@@ -83,6 +83,20 @@ TOKEN_SIZE = 8
 # Message types (key 0). All even: every one must be understood [MSG-R3].
 PING, PONG, FIND_NODE, NODES, GET, VALUES, PUT, STORED, ERROR = 2, 4, 6, 8, 10, 12, 14, 16, 18
 _REQUESTS = frozenset({PING, FIND_NODE, GET, PUT})
+_ANSWERS = {PING: PONG, FIND_NODE: NODES, GET: VALUES, PUT: STORED}
+_REQ = frozenset({0, 1, 2, 3, 5})
+_RESP = frozenset({0, 1, 2, 3, 6, 7})
+_FIELDS = {  # the keys each message type defines (spec/03-dht.md, section 4)
+    PING: _REQ,
+    PONG: _RESP,
+    FIND_NODE: _REQ | {4},
+    NODES: _RESP | {4},
+    GET: _REQ | {4},
+    VALUES: _RESP | {4, 8, 10},
+    PUT: _REQ | {4, 6},
+    STORED: _RESP,
+    ERROR: _RESP | {4},
+}
 _RESPONSES = frozenset({PONG, NODES, VALUES, STORED, ERROR})
 
 RECORD_DOMAIN = "starling/dht-record/1"
@@ -529,7 +543,8 @@ class DhtNode:
         self._timers: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self._lookups = itertools.count(1)
-        self._proven: OrderedDict[bytes, bytes] = OrderedDict()  # node ID -> public key
+        # node ID -> the address its proof was made at: a proof vouches for ID *and* address.
+        self._proven: OrderedDict[bytes, Address] = OrderedDict()
         self._proving: set[bytes] = set()
         self._unresponsive: OrderedDict[Address, float] = OrderedDict()
         self._rtt: OrderedDict[Address, tuple[float, float]] = OrderedDict()
@@ -802,14 +817,16 @@ class DhtNode:
         waiting = False
         for cand in ranked:
             if cand.state is _State.NEW:
-                if path.inflight >= alpha or lookup.rpcs >= self.config.max_rpcs_per_lookup:
+                if lookup.rpcs >= self.config.max_rpcs_per_lookup:
+                    continue  # the request budget is spent: wait only for what is out
+                if path.inflight >= alpha:
                     waiting = True
                     break
                 cand.state = _State.INFLIGHT
                 path.inflight += 1
                 body: dict[int, codec.Value] = {4: lookup.target}
                 kind = FIND_NODE if lookup.kind == FIND_NODE else GET
-                prove = cand.node_id not in self._proven
+                prove = self._proven.get(cand.node_id) != cand.addr
                 self._request(kind, body, cand.addr, cand.node_id, lookup, path, prove)
             elif cand.state in (_State.INFLIGHT, _State.STALLED):
                 waiting = True
@@ -873,7 +890,20 @@ class DhtNode:
 
     # -- responses in --------------------------------------------------------------------
 
+    @staticmethod
+    def _check_keys(kind: int, message: dict[int, codec.Value]) -> None:
+        """Unknown even keys make a message unacceptable, unknown odd ones are ignored
+        [MSG-R2]."""
+        unknown = [key for key in message if key not in _FIELDS[kind] and key % 2 == 0]
+        if unknown:
+            raise DhtError(
+                ErrorCode.DHT_MALFORMED,
+                f"message type {kind} carries unknown even key {unknown[0]}",
+                "MSG-R2",
+            )
+
     def _on_response(self, kind: int, message: dict[int, codec.Value], addr: Address) -> None:
+        self._check_keys(kind, message)
         txid = message.get(1)
         pending = self._pending.get(txid) if isinstance(txid, bytes) else None
         if pending is None or pending.addr != addr or not isinstance(txid, bytes):
@@ -886,6 +916,12 @@ class DhtNode:
         if pending.node_id is not None and node_id != pending.node_id:
             raise DhtError(
                 ErrorCode.DHT_PROOF_INVALID, "response from another ID than asked", "DHT-R10"
+            )
+        if kind != ERROR and kind != _ANSWERS[pending.kind]:
+            raise DhtError(
+                ErrorCode.DHT_MALFORMED,
+                f"type {kind} does not answer type {pending.kind}",
+                "DHT-R4",
             )
         del self._pending[txid]
         self._sample_rtt(addr, self._now - pending.sent_at, pending.attempt)
@@ -940,7 +976,7 @@ class DhtNode:
             token = message.get(8)
             if isinstance(token, bytes):
                 lookup.tokens[node_id] = (addr, token)
-            records = message.get(6)
+            records = message.get(10)
             if isinstance(records, list) and lookup.kind == GET:
                 for raw in records:
                     self._collect(lookup, raw)
@@ -1033,7 +1069,7 @@ class DhtNode:
         except StarlingError:
             self.stats["rejected_DHT_PROOF_INVALID"] += 1
             return
-        self._proven[node_id] = public_key
+        self._proven[node_id] = addr
         self._proven.move_to_end(node_id)
         if len(self._proven) > 8192:
             self._proven.popitem(last=False)
@@ -1046,7 +1082,7 @@ class DhtNode:
             if contact.addr == addr:
                 self.table.touch(node_id, self._now)
             return
-        if not client and node_id in self._proven:
+        if not client and self._proven.get(node_id) == addr:
             self.table.add(Contact(node_id, addr, self._now))
 
     def _consider(self, node_id: bytes, addr: Address) -> None:
@@ -1062,7 +1098,7 @@ class DhtNode:
         )
         if not room:
             return
-        if node_id in self._proven:
+        if self._proven.get(node_id) == addr:
             self.table.add(Contact(node_id, addr, self._now))
             return
         self._proving.add(node_id)
@@ -1087,6 +1123,7 @@ class DhtNode:
             return
         if not self._allow(self._buckets_rate, addr[0], self.config.request_rate):
             raise DhtError(ErrorCode.DHT_RATE_LIMITED, f"{addr[0]} over its rate", "DHT-R27")
+        self._check_keys(kind, message)
         txid, sender = message.get(1), message.get(2)
         if not isinstance(txid, bytes) or len(txid) != TXID_SIZE:
             raise DhtError(ErrorCode.DHT_MALFORMED, "bad transaction ID", "DHT-R4")
@@ -1109,15 +1146,18 @@ class DhtNode:
             key = self._target(message)
             reply[0] = VALUES
             reply[8] = write_token(self._secrets[0], addr)
-            budget = self.config.max_datagram - 300
+            # Fixed fields and a proof take under 260 bytes; the first record always goes
+            # in (a record is at most 1024 bytes) [DHT-R37]; later ones only while room
+            # for a few node entries remains; nodes fill the rest.
+            budget = self.config.max_datagram - 260
             records: list[codec.Value] = []
             for stored, _ in self._live(key):
-                if budget - len(stored.envelope) - 4 < 300:
-                    break
-                records.append(stored.envelope)
-                budget -= len(stored.envelope) + 4
+                size = len(stored.envelope) + 3
+                if size <= budget and (not records or budget - size >= 300):
+                    records.append(stored.envelope)
+                    budget -= size
             if records:
-                reply[6] = records
+                reply[10] = records
             reply[4] = self._node_list(key, node_id, budget)
         elif kind == PUT:
             reply[0] = STORED
@@ -1170,9 +1210,14 @@ class DhtNode:
 
     def store(self, record: Record) -> None:
         """Keep a verified record, applying sequence rules and caps [DHT-R22..R24]."""
-        slot = self.records.setdefault(record.key, {})
+        slot = self.records.get(record.key, {})
         held = slot.get(record.signer_id)
         expires = self._now + record.ttl
+        if held is not None and held[1] <= self._now:
+            # Expired but not swept yet: it decides nothing [DHT-R36].
+            del slot[record.signer_id]
+            self._signer_counts[record.signer_id] -= 1
+            held = None
         if held is not None:
             old = held[0]
             if record.seq < old.seq or (record.seq == old.seq and record.envelope != old.envelope):
@@ -1184,14 +1229,13 @@ class DhtNode:
             slot[record.signer_id] = (record, expires)
             return
         if len(slot) >= self.config.max_records_per_key:
-            if not slot:
-                del self.records[record.key]
             raise DhtError(ErrorCode.DHT_KEY_FULL, "no room under this key", "DHT-R24")
         if self._signer_counts[record.signer_id] >= self.config.max_records_per_signer:
             raise DhtError(ErrorCode.DHT_SIGNER_FULL, "signer stores too much here", "DHT-R24")
         if sum(self._signer_counts.values()) >= self.config.max_records:
             raise DhtError(ErrorCode.DHT_STORE_FULL, "store full", "DHT-R24")
         slot[record.signer_id] = (record, expires)
+        self.records[record.key] = slot
         self._signer_counts[record.signer_id] += 1
 
     def _live(self, key: bytes) -> list[tuple[Record, float]]:

@@ -374,7 +374,7 @@ def test_forged_records_in_replies_are_not_believed() -> None:
     def inject(data: bytes, src: Address, dst: Address) -> bytes:
         fields = message(data)
         if fields[0] == VALUES and dst == addr_of(1):
-            fields[6] = [bytes(fake), real.envelope]
+            fields[10] = [bytes(fake), real.envelope]
             return datagram(fields)
         return data
 
@@ -480,3 +480,94 @@ def test_get_of_a_presence_key_gathers_many_members() -> None:
     assert len(result.records) >= 15
     assert {r.signer_id for r in result.records} <= {ident(i).peer_id.raw for i in members}
     assert GET != VALUES  # the reply type differs from the request type
+
+
+# ----------------------------------------------------------------------------- regressions
+
+
+def get_from(node: DhtNode, key: bytes, prove: bool = False) -> dict[int, codec.Value]:
+    fields: dict[int, codec.Value] = {0: GET, 1: b"T" * 8, 2: ident("asker").public_key.raw, 4: key}
+    if prove:
+        fields[5] = True
+    node.receive_datagram(datagram(fields), ("192.0.2.1", 4000), 0.0)
+    (data, _), *_ = node.datagrams_to_send(0.0)
+    assert len(data) <= node.config.max_datagram
+    return message(data)
+
+
+def test_values_carry_records_and_the_proof_side_by_side() -> None:
+    node = DhtNode(ident("holder"), MAIN_NETWORK_ID, random.Random(1).randbytes, 0.0)
+    record = Record.peer(ident("owner"), seq=1, ttl=600, addresses=[addr_of(1)])
+    node.store(record)
+    reply = get_from(node, record.key, prove=True)
+    assert reply[10] == [record.envelope]
+    assert isinstance(reply[6], bytes) and len(reply[6]) == 64  # the proof, not records
+
+
+def test_large_records_are_served_and_do_not_hide_smaller_ones() -> None:
+    node = DhtNode(ident("holder"), MAIN_NETWORK_ID, random.Random(1).randbytes, 0.0)
+    key = presence_key(MAIN_NETWORK_ID, b"community")
+    for pad in (0, 600, 700, 780):
+        node.store(Record.make(ident(f"m{pad}"), KIND_PRESENCE, key, 1, 600, {3: bytes(pad)}))
+    served = get_from(node, key)[10]
+    assert isinstance(served, list) and len(served) >= 1
+    lone = DhtNode(ident("lone"), MAIN_NETWORK_ID, random.Random(2).randbytes, 0.0)
+    big = Record.make(ident("big"), KIND_PRESENCE, key, 1, 600, {3: bytes(840)})
+    assert len(big.envelope) > 990
+    lone.store(big)
+    assert get_from(lone, key)[10] == [big.envelope]
+
+
+def test_a_proof_vouches_for_the_address_it_was_made_at() -> None:
+    net = network(6)
+    a, x = net.nodes[addr_of(1)], net.nodes[addr_of(3)]
+    assert x.node_id in a.table
+    a.table.remove(x.node_id)
+    # Someone elsewhere sends one PING carrying X's (public) key.
+    spoof = datagram({0: 2, 1: b"mallory!", 2: x.identity.public_key.raw})
+    a.receive_datagram(spoof, ("203.0.113.66", 6666), net.now)
+    a.datagrams_to_send(net.now)
+    contact = a.table.get(x.node_id)
+    assert contact is None or contact.addr == addr_of(3)
+
+
+def test_a_lookup_that_spends_its_request_budget_still_ends() -> None:
+    net = network(30)
+    src = net.nodes[addr_of(4)]
+    src.config.max_rpcs_per_lookup = 3
+    lookup_id = src.find_node(hashlib.sha256(b"far").digest(), net.now)
+    net.pump()
+    result = net.done(src, lookup_id)
+    assert isinstance(result, LookupDone)
+    assert result.rpcs <= 3
+
+
+def test_unknown_even_keys_are_refused_and_odd_ones_ignored() -> None:
+    net = network(2)
+    node = net.nodes[addr_of(0)]
+    sender = ident(1).public_key.raw
+    node.receive_datagram(datagram({0: 2, 1: b"evenkey!", 2: sender, 10: 1}), addr_of(1), 0.0)
+    assert node.datagrams_to_send(0.0) == []
+    assert node.stats["rejected_DHT_MALFORMED"] == 1
+    node.receive_datagram(datagram({0: 2, 1: b"odd key!", 2: sender, 11: 1}), addr_of(1), 0.0)
+    assert len(node.datagrams_to_send(0.0)) == 1
+
+
+def test_an_expired_record_decides_nothing() -> None:
+    node = DhtNode(ident("holder"), MAIN_NETWORK_ID, random.Random(1).randbytes, 0.0)
+    node.store(Record.peer(ident("o"), seq=5, ttl=60, addresses=[]))
+    node._now = 100.0  # expired, not yet swept
+    node.store(Record.peer(ident("o"), seq=1, ttl=60, addresses=[]))
+    assert [r.seq for r, _ in node._live(ident("o").peer_id.raw)] == [1]
+
+
+def test_a_response_of_the_wrong_type_is_not_an_answer() -> None:
+    net = network(4)
+    src = net.nodes[addr_of(1)]
+    src.find_node(bytes(32), net.now)
+    (data, dst), *_ = src.datagrams_to_send(net.now)
+    request = message(data)
+    wrong = datagram({0: STORED, 1: request[1], 2: net.nodes[dst].identity.public_key.raw})
+    src.receive_datagram(wrong, dst, net.now)
+    assert src.stats["rejected_DHT_MALFORMED"] == 1
+    assert request[1] in src._pending  # still waiting for the real answer

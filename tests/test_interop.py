@@ -7,11 +7,11 @@ What is checked here:
   requirement IDs that the code cites);
 * ``interop/generate.py`` reproduces the committed files byte for byte;
 * our implementation passes every vector, the codec suite reaches every
-  decoder error code and the session suite every code the sans-IO session
-  core can raise;
-* structurally valid envelopes, handshake payloads and stream headers match
-  their CDDL rule (pycddl), and so do the payloads and stream headers of the
-  handshake transcripts;
+  decoder error code, the session suite every code the sans-IO session
+  core can raise, and the dht suite every record, proof, token and store code;
+* structurally valid envelopes, handshake payloads, stream headers and DHT
+  records match their CDDL rule (pycddl), and so do the payloads and stream
+  headers of the handshake transcripts and the bodies of the DHT messages;
 * the harness contract: ``run_main`` for our implementation, ``verify_main``
   driving an external command.
 """
@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import jsonschema
 import pycddl
 import pytest
@@ -45,6 +46,7 @@ SUITE_FILES = {
     "identity": "identity.json",
     "envelope": "envelope.json",
     "session": "session.json",
+    "dht": "dht.json",
 }
 
 Json = dict[str, Any]
@@ -247,6 +249,60 @@ def test_session_vectors_cover_every_handshake_state() -> None:
     assert len({t["input"]["initiator"]["identitySeed"] for t in transcripts}) == len(transcripts)
 
 
+# DHT codes that only a node handling datagrams over time meets (a malformed or unmatched
+# datagram, a rate), or that no revision-1 node sends; the dht vectors test pure functions.
+DATAGRAM_ONLY_DHT_CODES = {
+    ErrorCode.DHT_MALFORMED,
+    ErrorCode.DHT_TXID_UNKNOWN,
+    ErrorCode.DHT_RATE_LIMITED,
+    ErrorCode.DHT_NOT_SERVING,
+}
+
+
+def test_dht_vectors_cover_every_record_proof_token_and_store_error() -> None:
+    wanted = {
+        code.name
+        for code in ErrorCode
+        if code.name.startswith("DHT_") and code not in DATAGRAM_ONLY_DHT_CODES
+    }
+    assert {"DHT_PROOF_INVALID", "DHT_TOKEN_INVALID", "DHT_STORE_FULL"} <= wanted
+    assert wanted - errors_in("dht") == set()
+    assert errors_in("dht") <= wanted
+
+
+def test_dht_vectors_cover_every_message_type() -> None:
+    vectors = load(VECTORS / "dht.json")
+    types = {
+        int({k["uint"]: v for k, v in t["input"]["message"]["map"]}["0"]["uint"])
+        for g, t in each_test(vectors)
+        if g["type"] == "dht-message"
+    }
+    assert types == {2, 4, 6, 8, 10, 12, 14, 16, 18}
+    groups = {g["type"] for g in vectors["testGroups"]}
+    assert groups == {
+        "distance",
+        "closest",
+        "dht-message",
+        "id-proof",
+        "record",
+        "store",
+        "write-token",
+        "token-check",
+        "presence-key",
+    }
+
+
+def test_dht_runner_checks_both_directions(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "dht.json")
+    test = first_test(vectors, "valid", "dht-message")
+    assert interop.run_suite("dht", vectors)[test["tcId"]] == interop.PASS
+    datagram = bytearray.fromhex(test["expected"]["datagram"])
+    datagram[-1] ^= 1
+    test["expected"]["datagram"] = datagram.hex()
+    assert interop.run_suite("dht", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
+
+
 def test_rfc8032_test_1_is_pinned() -> None:
     vectors = load(VECTORS / "identity.json")
     derivations = [t for g, t in each_test(vectors) if g["type"] == "key-derivation"]
@@ -395,6 +451,7 @@ def test_there_are_cddl_groups() -> None:
     assert "envelope" in suites
     assert "codec" in suites
     assert suites.count("session") == 2  # handshake payloads and stream headers
+    assert suites.count("dht") == 1  # record envelopes, their payloads through .cbor
 
 
 @pytest.mark.parametrize(("suite", "group"), list(cddl_groups()))
@@ -418,6 +475,50 @@ def test_handshake_transcripts_match_the_session_cddl() -> None:
         header.validate_cbor(bytes.fromhex(test["input"]["frames"][0]["plaintext"]))
     with pytest.raises(pycddl.ValidationError):  # the check can fail: rules are not any-map
         header.validate_cbor(bytes.fromhex(transcripts[0]["expected"]["msg2Payload"]))
+
+
+def dht_bodies() -> Iterator[tuple[str, bytes]]:
+    for g, t in each_test(load(VECTORS / "dht.json")):
+        if g["type"] == "dht-message":
+            yield t["comment"], bytes.fromhex(t["expected"]["datagram"])[6:]
+
+
+def test_dht_messages_match_the_dht_cddl() -> None:
+    dht_cddl = ROOT / "spec" / "cddl" / "dht.cddl"
+    schema = cddl_schema(dht_cddl, "dht-message")
+    bodies = list(dht_bodies())
+    assert len(bodies) >= 9
+    for comment, body in bodies:
+        try:
+            schema.validate_cbor(body)
+        except pycddl.ValidationError as exc:
+            raise AssertionError(f"{comment}: {exc}") from None
+    # The rules are exact: a message with a key its table lacks, or without a required
+    # field, does not match.
+    comment, pong = next((c, b) for c, b in bodies if c.startswith("03-dht.md 4.8: PONG"))
+    decoded = cbor2.loads(pong)
+    for broken in ({**decoded, 9: 0}, {k: v for k, v in decoded.items() if k != 6}):
+        with pytest.raises(pycddl.ValidationError):
+            schema.validate_cbor(cbor2.dumps(broken))
+
+
+def test_dht_record_payloads_match_the_dht_cddl() -> None:
+    dht_cddl = ROOT / "spec" / "cddl" / "dht.cddl"
+    payload = cddl_schema(dht_cddl, "record-payload")
+    peer_value = cddl_schema(dht_cddl, "peer-record-value")
+    presence_value = cddl_schema(dht_cddl, "presence-record-value")
+    records = [t for g, t in each_test(load(VECTORS / "dht.json")) if g["type"] == "record"]
+    checked = 0
+    for test in records:
+        if test["result"] != "valid":
+            continue
+        envelope = cbor2.loads(bytes.fromhex(test["input"]["envelope"]))
+        payload.validate_cbor(envelope[2])
+        fields = cbor2.loads(envelope[2])
+        value = cbor2.dumps(fields[5])
+        (peer_value if fields[1] == 2 else presence_value).validate_cbor(value)
+        checked += 1
+    assert checked >= 5
 
 
 def test_cddl_check_catches_a_mismatch(tmp_path: Path) -> None:
