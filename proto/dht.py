@@ -985,18 +985,19 @@ class DhtNode:
                 path.inflight -= 1
             cand.state = _State.DONE
         if not path.final and pending.node_id is not None and path.best == best_before:
-            # Kademlia's last step: once the closest nodes known have all answered
-            # without naming anyone closer, the lookup has converged; ask the rest of
-            # the k closest at once instead of alpha at a time [DHT-R31].
-            nearest = sorted(
+            # Kademlia's last step: once the closest node known has answered and an
+            # answer named nobody closer, the lookup has converged; ask the rest of the
+            # k closest at once instead of alpha at a time [DHT-R31].
+            nearest = min(
                 (
                     c
                     for c in path.candidates.values()
                     if c.state is not _State.FAILED and c.state is not _State.STALLED
                 ),
                 key=lambda c: c.dist,
-            )[: self.config.alpha]
-            path.final = all(c.state is _State.DONE for c in nearest)
+                default=None,
+            )
+            path.final = nearest is not None and nearest.state is _State.DONE
         self._step(lookup, path)
 
     def _collect(self, lookup: _Lookup, raw: codec.Value) -> None:
