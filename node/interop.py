@@ -34,12 +34,14 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starling.proto import codec, dht, identity
 from starling.proto import session as ses
 from starling.proto.errors import DhtError, ErrorCode, StarlingError
 from starling.proto.network import DatagramKind, classify, control_header
+
+T = TypeVar("T")
 
 __all__ = [
     "FAIL",
@@ -74,6 +76,27 @@ class Mismatch(Exception):
 
 
 # ----------------------------------------------------------------------------- typed values
+
+
+def _feed(given: Json, feed: Callable[[bytes], T], end: Callable[[], None]) -> list[T]:
+    """Feed ``input.receive`` chunk by chunk, then the end of stream if ``input.end``.
+
+    A vector's fault must be in its last input (the final chunk, or the end of the
+    stream when there is one): failing earlier is a mismatch, not a pass.
+    """
+    chunks = [bytes.fromhex(chunk) for chunk in given["receive"]]
+    last = len(chunks) - (0 if given["end"] else 1)
+    out: list[T] = []
+    for i, chunk in enumerate(chunks):
+        try:
+            out.append(feed(chunk))
+        except StarlingError as exc:
+            if i < last:
+                raise Mismatch(f"failed on chunk {i}, before the last input: {exc}") from None
+            raise
+    if given["end"]:
+        end()
+    return out
 
 
 def to_typed(value: object) -> Json:
@@ -314,17 +337,7 @@ def _run_handshake_receive(group: Json, test: Json) -> Outputs:
     role = _ROLES[given["role"]]
     hs = _handshake(role, given["side"], given["networkId"])
     sent = hs.start() if role is ses.Role.INITIATOR else b""
-    chunks = [bytes.fromhex(chunk) for chunk in given["receive"]]
-    last = len(chunks) - (0 if given["end"] else 1)  # the input the fault may be in
-    for i, chunk in enumerate(chunks):
-        try:
-            sent += hs.receive(chunk)
-        except StarlingError as exc:
-            if i < last:
-                raise Mismatch(f"failed on chunk {i}, before the last input: {exc}") from None
-            raise
-    if given["end"]:
-        hs.end_of_stream()
+    sent += b"".join(_feed(given, hs.receive, hs.end_of_stream))
     outputs: Outputs = {"sent": sent.hex(), "complete": hs.complete, "fin": hs.fin}
     if hs.keys is not None:
         outputs["peerId"] = hs.keys.peer_id.raw.hex()
@@ -357,21 +370,11 @@ def _run_frame_receive(group: Json, test: Json) -> Outputs:
     given = test["input"]
     key = bytes.fromhex(given["key"])
     reader = ses.FrameReader(key, given["maxFrame"])
-    chunks = [bytes.fromhex(chunk) for chunk in given["receive"]]
-    last = len(chunks) - (0 if given["end"] else 1)
-    frames: list[bytes] = []
-    for i, chunk in enumerate(chunks):
-        try:
-            frames += reader.feed(chunk)
-        except StarlingError as exc:
-            if i < last:
-                raise Mismatch(f"failed on chunk {i}, before the last input: {exc}") from None
-            raise
-    if given["end"]:
-        reader.end()
+    frames = [frame for batch in _feed(given, reader.feed, reader.end) for frame in batch]
     if test.get("result") == "valid":  # valid vectors check both directions
         writer = ses.FrameWriter(key)
-        if b"".join(writer.seal(frame) for frame in frames) != b"".join(chunks):
+        wire = bytes.fromhex("".join(given["receive"]))
+        if b"".join(writer.seal(frame) for frame in frames) != wire:
             raise Mismatch("sealing the frames in order does not give the input back")
     return {"frames": [frame.hex() for frame in frames]}
 
