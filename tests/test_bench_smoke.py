@@ -111,7 +111,9 @@ def test_dht_benchmark_small(tmp_path: Path) -> None:
             "--lookups",
             "20",
             "--baseline-sizes",
-            "",
+            "150",
+            "--baseline-idle-minutes",
+            "1",
             "--json",
             str(out),
         ],
@@ -131,5 +133,10 @@ def test_dht_benchmark_small(tmp_path: Path) -> None:
         assert 0.0 <= scenario["recall"] <= 1.0
         assert scenario["rpcs_per_lookup"] > 0
         assert scenario["latency_ms_p50"] > 0
-        assert scenario["baseline"] is None
+        theirs = scenario["baseline"]  # the kademlia package, same network, same figures
+        for key in ("success_rate", "recall", "rpcs_per_lookup", "latency_ms_p50"):
+            assert isinstance(theirs[key], float | int), key
+        assert theirs["bytes_per_node"] > 0
+        assert theirs["n_lookups"] == 20
+        assert theirs["maintenance_msgs_per_node_min"] is not None
     assert set(report["targets"]) >= {"recall_static", "latency_ms_p99_static"}
