@@ -139,6 +139,29 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
+def test_handshake_packets_carry_their_acks() -> None:
+    """A session comes up in 3 client datagrams and 2 server datagrams (then 1 ACK).
+
+    Client: Initial; Handshake finished + msg1; msg3 (with the ACK of msg2's
+    packet). Server: Initial + Handshake; msg2 (with the ACK of msg1's packet).
+    With aioquic's 1 ms ACK delay each side sent one more, ACK-only, datagram.
+    """
+
+    async def main() -> None:
+        server, client = await two_nodes()
+        seen: asyncio.Queue[SessionEvent] = asyncio.Queue()
+        server.add_listener(seen.put_nowait)
+        session = await client.connect(server.addresses[0], peer_id=server.peer_id)
+        assert isinstance(await asyncio.wait_for(seen.get(), 5), SessionUp)
+        await asyncio.sleep(0.05)  # past any ACK timer
+        assert client.endpoint.stats["tx"] == 3
+        assert server.endpoint.stats["tx"] == 3  # the third: the delayed ACK of msg3
+        # One spare connection ID each way, not seven (RFC 9000's minimum limit of 2).
+        assert len(session._quic._peer_cid_available) == 1
+
+    run(main)
+
+
 def test_one_socket_per_address_family() -> None:
     if not _has_ipv6_loopback():
         pytest.skip("this host has no IPv6 loopback (::1); the IPv4 socket is tested elsewhere")
