@@ -60,6 +60,7 @@ from starling.proto.session import (
     ALPN,
     HANDSHAKE_STREAM_ID,
     MAX_FRAME_CIPHERTEXT,
+    TAG_SIZE,
     FrameReader,
     FrameWriter,
     Handshake,
@@ -72,6 +73,8 @@ from starling.proto.session import (
 from .endpoint import Address, Endpoint
 
 log = logging.getLogger("starling.session")
+
+FRAME_OVERHEAD = 2 + TAG_SIZE  # a frame's length prefix and AEAD tag [SES-R12]
 
 SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
 EARLY_DATA_LIMIT = 256 * 1024  # stream bytes a responder holds while msg3 is missing
@@ -170,6 +173,54 @@ class _QuicConnection(QuicConnection):
         """Our last handshake message is queued: back to aioquic's ACK delay."""
         self._ack_delay = K_GRANULARITY
 
+    # -- receive windows that follow what the application has read ------------------
+    #
+    # aioquic doubles a receive window whenever the peer has sent half of it,
+    # whether or not anybody read the data, so a peer could make a node buffer
+    # without bound behind a slow reader. Here a window is credited only as the
+    # application consumes: the limit stays at (bytes consumed + window), raised
+    # in steps of half a window. ``held`` says how many received bytes of a stream
+    # still wait to be read (None: the connection's total).
+
+    held: Callable[[int | None], int] = staticmethod(lambda _stream_id: 0)  # type: ignore[assignment]
+
+    def credit_due(self, stream_id: int) -> bool:
+        """Whether reading from ``stream_id`` has earned the peer a window update."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.max_stream_data_local:
+            return False
+        window = self._configuration.max_stream_data
+        consumed = stream.receiver.highest_offset - self.held(stream_id)
+        return consumed + window - stream.max_stream_data_local >= window // 2
+
+    def connection_credit_due(self) -> bool:
+        """Whether reading has earned the peer a connection-wide window update."""
+        limit = self._local_max_data
+        window = self._configuration.max_data
+        return limit.used - self.held(None) + window - limit.value >= window // 2
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        limit = self._local_max_data
+        if self.connection_credit_due():
+            limit.value = limit.used - self.held(None) + self._configuration.max_data
+        used, limit.used = limit.used, 0  # hides the bytes from aioquic's doubling rule
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        receiver = stream.receiver
+        if stream.max_stream_data_local and self.credit_due(stream.stream_id):
+            window = self._configuration.max_stream_data
+            stream.max_stream_data_local = receiver.highest_offset - self.held(stream.stream_id)
+            stream.max_stream_data_local += window
+        highest, receiver.highest_offset = receiver.highest_offset, 0  # as above
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         if self.x25519_only:
@@ -214,6 +265,7 @@ class Stream:
         self._writer = writer
         self._reader = reader
         self._frames: deque[bytes] = deque()
+        self._held = 0  # received bytes (as framed on the wire) not yet read
         self._readable = asyncio.Event()
         self._eof = False
         self._send_closed = False
@@ -260,7 +312,14 @@ class Stream:
                 return None
             self._readable.clear()
             await self._readable.wait()
-        return self._frames.popleft()
+        frame = self._frames.popleft()
+        self._release(len(frame) + FRAME_OVERHEAD)
+        return frame
+
+    def _release(self, nbytes: int) -> None:
+        self._held -= nbytes
+        self.session._held_total -= nbytes
+        self.session._consumed(self.stream_id)
 
     async def read_all(self) -> bytes:
         chunks = []
@@ -278,6 +337,9 @@ class Stream:
     def _deliver(self, frames: list[bytes], end: bool) -> None:
         if frames:
             self._frames.extend(frames)
+            held = sum(map(len, frames)) + FRAME_OVERHEAD * len(frames)
+            self._held += held
+            self.session._held_total += held
         if end:
             self._eof = True
         if frames or end:
@@ -287,6 +349,9 @@ class Stream:
         if self._error is None:
             self._error = error
         self._readable.set()
+        if self._held:  # nobody will read these: they no longer count against the window
+            self._frames.clear()
+            self._release(self._held)
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -331,6 +396,9 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
+        self._held_total = 0  # received stream bytes the application has not read yet
+        if isinstance(quic, _QuicConnection):
+            quic.held = self._held
         self._progress = asyncio.Event()
         self._last_activity = self._loop.time()
         self._handshake_timer = self._loop.call_later(
@@ -430,6 +498,20 @@ class Session:
         self._streams.pop(stream_id, None)
         self._inbound.pop(stream_id, None)
         self._transmit_soon()
+
+    def _held(self, stream_id: int | None) -> int:
+        if stream_id is None:
+            return self._held_total
+        stream = self._streams.get(stream_id)
+        return stream._held if stream is not None else 0
+
+    def _consumed(self, stream_id: int) -> None:
+        # The application read from a stream: send a window update once one is due.
+        quic = self._quic
+        if isinstance(quic, _QuicConnection) and (
+            quic.credit_due(stream_id) or quic.connection_credit_due()
+        ):
+            self._transmit_soon()
 
     def _transmit_soon(self) -> None:
         # Coalesce many writes in one loop iteration into one transmit pass.

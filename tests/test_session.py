@@ -299,6 +299,57 @@ def test_backpressure_sender_waits_for_a_stalled_peer() -> None:
     run(main)
 
 
+def test_receive_windows_follow_what_the_application_reads() -> None:
+    """A handler that does not read holds at most its window; reading reopens it.
+
+    Eight streams of 2 MiB each against handlers that wait before reading: the
+    receiver never holds more than the 1 MiB stream window per stream nor the
+    4 MiB connection window in all; every sender waits. Then the handlers read,
+    and every stream completes with its hash (window updates flow again, also
+    when only the connection-wide window was exhausted).
+    """
+    gate = asyncio.Event()
+    held: dict[int, Stream] = {}
+
+    async def lazy_sink(stream: Stream) -> None:
+        held[stream.stream_id] = stream
+        await gate.wait()
+        await sink(stream)
+
+    async def main() -> None:
+        server = await start("server", None, {SINK: lazy_sink})
+        client = await start("client")
+        config = NodeConfig()
+        session = await client.connect(server.addresses[0])
+        data = [random.Random(i).randbytes(2 * 1024 * 1024) for i in range(8)]
+
+        async def writer(payload: bytes) -> bytes | None:
+            stream = await session.open_stream(SINK)
+            for i in range(0, len(payload), MAX_FRAME_PLAINTEXT):
+                await stream.send(payload[i : i + MAX_FRAME_PLAINTEXT])
+            await stream.close()
+            return await stream.recv()
+
+        tasks = [asyncio.create_task(writer(d)) for d in data]
+        await eventually(lambda: len(held) == 8)
+        server_session = server.sessions[0]
+        received = server_session._quic._local_max_data  # bytes received, connection-wide
+        slack = 2 * (MAX_FRAME_PLAINTEXT + 18)  # a frame in flight across the limit
+        await eventually(lambda: received.used >= config.max_data - slack, 20)
+        await asyncio.sleep(0.5)  # nothing more may arrive: the windows are closed
+        assert received.used <= config.max_data
+        assert not any(t.done() for t in tasks), "the senders should be waiting"
+        assert server_session._held_total <= config.max_data
+        for stream in held.values():
+            assert stream._held <= config.max_stream_data
+        gate.set()
+        digests = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert digests == [hashlib.sha256(d).digest() for d in data]
+        assert server_session._held_total == 0
+
+    run(main)
+
+
 def test_two_processes_100_mb_over_8_parallel_streams() -> None:
     peer = subprocess.Popen(
         [sys.executable, "-m", "tests.peers.sink_node"],
