@@ -25,8 +25,8 @@ class ErrorCode(IntEnum):
     """The error-code registry.
 
     Ranges: 0x0000 no error, 0x01xx codec, 0x02xx identity, 0x03xx signatures,
-    0x04xx secure sessions. QUIC application close and stream reset codes use
-    these same numbers.
+    0x04xx secure sessions, 0x05xx DHT, 0x06xx gossip. QUIC application close and
+    stream reset codes use these same numbers.
     """
 
     NO_ERROR = 0x0000
@@ -111,6 +111,23 @@ class ErrorCode(IntEnum):
     DHT_RATE_LIMITED = 0x050E
     DHT_NOT_SERVING = 0x050F
 
+    # -- 0x06xx: gossip (spec/05-gossip.md) -------------------------------------------
+    GOSSIP_MESSAGE_INVALID = 0x0601
+    GOSSIP_MESSAGE_TOO_LARGE = 0x0602
+    GOSSIP_MESSAGE_REJECTED = 0x0603
+    GOSSIP_MESSAGE_FUTURE = 0x0604
+    GOSSIP_NOT_SUBSCRIBED = 0x0605
+    GOSSIP_RATE_LIMITED = 0x0606
+    GOSSIP_IHAVE_LIMIT = 0x0607
+    GOSSIP_IWANT_LIMIT = 0x0608
+    GOSSIP_PROMISE_BROKEN = 0x0609
+    GOSSIP_GRAFT_BACKOFF = 0x060A
+    GOSSIP_GRAYLISTED = 0x060B
+    GOSSIP_TOPIC_LIMIT = 0x060C
+    GOSSIP_UNSOLICITED = 0x060D
+    GOSSIP_SYNC_LIMIT = 0x060E
+    GOSSIP_IDONTWANT_LIMIT = 0x060F
+
 
 class StarlingError(Exception):
     """Base of every error Starling raises on purpose.
@@ -149,6 +166,10 @@ class SignatureError(RemoteProtocolError):
 
 class DhtError(RemoteProtocolError):
     """A DHT message or record that breaks spec/03-dht.md."""
+
+
+class GossipError(RemoteProtocolError):
+    """A gossip message or signed message that breaks spec/05-gossip.md."""
 
 
 class SessionError(RemoteProtocolError):

@@ -8,10 +8,12 @@ What is checked here:
 * ``interop/generate.py`` reproduces the committed files byte for byte;
 * our implementation passes every vector, the codec suite reaches every
   decoder error code, the session suite every code the sans-IO session
-  core can raise, and the dht suite every record, proof, token and store code;
+  core can raise, the dht suite every record, proof, token and store code,
+  and the gossip suite every message type and every signed-message code;
 * structurally valid envelopes, handshake payloads, stream headers and DHT
   records match their CDDL rule (pycddl), and so do the payloads and stream
-  headers of the handshake transcripts and the bodies of the DHT messages;
+  headers of the handshake transcripts, the bodies of the DHT messages, the
+  gossip messages and the signed gossip messages;
 * the harness contract: ``run_main`` for our implementation, ``verify_main``
   driving an external command.
 """
@@ -47,6 +49,7 @@ SUITE_FILES = {
     "envelope": "envelope.json",
     "session": "session.json",
     "dht": "dht.json",
+    "gossip": "gossip.json",
 }
 
 Json = dict[str, Any]
@@ -303,6 +306,53 @@ def test_dht_runner_checks_both_directions(capsys: pytest.CaptureFixture[str]) -
     assert f"tcId {test['tcId']}" in capsys.readouterr().err
 
 
+# Gossip codes that only a node receiving messages over time meets (limits, penalties,
+# clocks, subscriptions); the gossip vectors test what a message or a frame is.
+BEHAVIOUR_ONLY_GOSSIP_CODES = {
+    code
+    for code in ErrorCode
+    if code.name.startswith("GOSSIP_")
+    and code not in {ErrorCode.GOSSIP_MESSAGE_INVALID, ErrorCode.GOSSIP_MESSAGE_TOO_LARGE}
+}
+
+
+def test_gossip_vectors_cover_every_message_type_and_message_code() -> None:
+    vectors = load(VECTORS / "gossip.json")
+    types = {
+        int({k["uint"]: v for k, v in t["input"]["message"]["map"]}["0"]["uint"])
+        for g, t in each_test(vectors)
+        if g["type"] == "gossip-message"
+    }
+    assert types == {2, 4, 6, 8, 10, 12, 14, 15, 16, 18}
+    groups = {g["type"] for g in vectors["testGroups"]}
+    assert groups == {
+        "topic",
+        "message-sign",
+        "message-id",
+        "signed-message",
+        "gossip-message",
+        "gossip-decode",
+        "sync-select",
+    }
+    gossip_codes = {c.name for c in ErrorCode if c.name.startswith("GOSSIP_")}
+    wanted = gossip_codes - {c.name for c in BEHAVIOUR_ONLY_GOSSIP_CODES}
+    assert wanted == {"GOSSIP_MESSAGE_INVALID", "GOSSIP_MESSAGE_TOO_LARGE"}
+    assert wanted <= errors_in("gossip") and errors_in("gossip") & gossip_codes == wanted
+    schema_codes = {c.name for c in ErrorCode if c.name.startswith("SCHEMA_")}
+    assert schema_codes <= errors_in("gossip"), "decoding vectors reach every schema code"
+
+
+def test_gossip_runner_checks_both_directions(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "gossip.json")
+    test = first_test(vectors, "valid", "gossip-message")
+    assert interop.run_suite("gossip", vectors)[test["tcId"]] == interop.PASS
+    frame = bytearray.fromhex(test["expected"]["frame"])
+    frame[-1] ^= 1
+    test["expected"]["frame"] = frame.hex()
+    assert interop.run_suite("gossip", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
+
+
 def test_rfc8032_test_1_is_pinned() -> None:
     vectors = load(VECTORS / "identity.json")
     derivations = [t for g, t in each_test(vectors) if g["type"] == "key-derivation"]
@@ -452,6 +502,7 @@ def test_there_are_cddl_groups() -> None:
     assert "codec" in suites
     assert suites.count("session") == 2  # handshake payloads and stream headers
     assert suites.count("dht") == 1  # record envelopes, their payloads through .cbor
+    assert suites.count("gossip") == 1  # signed messages, their payloads through .cbor
 
 
 @pytest.mark.parametrize(("suite", "group"), list(cddl_groups()))
@@ -498,6 +549,32 @@ def test_dht_messages_match_the_dht_cddl() -> None:
     comment, pong = next((c, b) for c, b in bodies if c.startswith("03-dht.md 4.8: PONG"))
     decoded = cbor2.loads(pong)
     for broken in ({**decoded, 9: 0}, {k: v for k, v in decoded.items() if k != 6}):
+        with pytest.raises(pycddl.ValidationError):
+            schema.validate_cbor(cbor2.dumps(broken))
+
+
+def test_gossip_messages_match_the_gossip_cddl() -> None:
+    schema = cddl_schema(ROOT / "spec" / "cddl" / "gossip.cddl", "gossip-message")
+    vectors = load(VECTORS / "gossip.json")
+    frames = [
+        (t["comment"], bytes.fromhex(t["expected"]["frame"]))
+        for g, t in each_test(vectors)
+        if g["type"] == "gossip-message"
+    ]
+    assert len(frames) >= 10
+    for comment, frame in frames:
+        try:
+            schema.validate_cbor(frame)
+        except pycddl.ValidationError as exc:
+            raise AssertionError(f"{comment}: {exc}") from None
+    # Signed messages made by the sign vectors match the signed-message rule too.
+    signed = cddl_schema(ROOT / "spec" / "cddl" / "gossip.cddl", "signed-message")
+    for g, t in each_test(vectors):
+        if g["type"] == "message-sign":
+            signed.validate_cbor(bytes.fromhex(t["expected"]["message"]))
+    # The rules are exact: an extra even key, or a missing field, does not match.
+    decoded = cbor2.loads(frames[0][1])
+    for broken in ({**decoded, 2: 0}, {0: decoded[0]}):
         with pytest.raises(pycddl.ValidationError):
             schema.validate_cbor(cbor2.dumps(broken))
 

@@ -1,0 +1,1738 @@
+"""Push-pull gossip per community topic (spec/05-gossip.md), sans-IO.
+
+Theory of operation
+-------------------
+Every community is one **topic** (32 bytes, :func:`topic_id`). Members online
+gossip the topic's **messages**: signed envelopes (domain
+``starling/gossip-msg/1``) of ``{1: topic, 2: time_ms, 3: data}``, named by
+their **message ID**, SHA-256 over a tag and the exact signed bytes [GSP-R11].
+A message is verified once, then forwarded byte for byte [GSP-R13].
+
+``GossipNode`` is one node's gossip state, driven like the DHT core: feed it
+frames with ``receive(peer, frame, now)``, send what ``frames_to_send(now)``
+returns, call ``handle_timer(now)`` at ``get_timer()``, read events with
+``next_event()``. It never does I/O, never reads a clock, never draws
+randomness of its own: randomness comes from an injected ``rand(n) -> bytes``.
+
+Delivery has three paths, from fastest to most complete:
+
+* **eager push** along a per-topic **mesh** of about D = 6 peers, kept between
+  D_low and D_high by a heartbeat with GRAFT and PRUNE (peer exchange and a
+  backoff on prune) [GSP-R40] [GSP-R41] [GSP-R42];
+* **lazy pull**: IDs are announced (IHAVE) to mesh peers that were not pushed
+  the body and, at each heartbeat, to D_lazy peers outside the mesh; what a
+  node lacks it asks for (IWANT), and an announcer that never delivers breaks
+  a promise and is penalised [GSP-R32] [GSP-R33];
+* **catch-up** on every new or resumed session: SYNC asks a peer for the IDs
+  it holds for a topic since a time, SYNC_PAGE answers page by page, and the
+  asker pulls what it lacks [GSP-R60] [GSP-R61] [GSP-R62].
+
+What bounds memory: a seen-cache of IDs only, by count and TTL [GSP-R30]; a
+message cache of bodies by count, bytes and age [GSP-R31]; per-peer state of
+a few counters and one bounded IDONTWANT map; wants and syncs bounded by
+count. What bounds abuse: per-peer limits on announcements, requests,
+IDONTWANTs, SYNCs and PUBLISH rate [GSP-R50]; penalties that decay, and a
+graylist above a threshold [GSP-R52]. Every rejection has a registry code.
+
+Public API (what ``node/gossip.py`` and a simulator adapter need)
+------------------------------------------------------------------
+Peers are opaque hashable handles chosen by the caller (a ``PeerId`` on a
+node, an address in a simulator); the core never interprets them.
+
+``GossipNode(identity, network_id, rand, now, config=None, validator=None,
+store=None, epoch_offset=0.0)``
+    ``now`` is seconds on the caller's clock (monotonic is fine);
+    ``epoch_offset`` is Unix time minus that clock, so ``now + epoch_offset``
+    is wall time, used to date own messages and to refuse received messages
+    dated too far ahead (a simulator passes 0). ``validator(message, peer)``
+    returns :class:`Verdict` ACCEPT / REJECT / IGNORE. ``store`` is a
+    :class:`MessageStore` (default: a :class:`MessageCache`).
+``subscribe(topic, now)`` / ``unsubscribe(topic, now)``
+    join or leave a topic (SUBSCRIBE / UNSUBSCRIBE to every peer, GRAFT / PRUNE).
+``add_peer(peer, now, outbound=False)`` / ``remove_peer(peer, now)``
+    a gossip stream to ``peer`` opened / closed. ``outbound``: we dialled it.
+``set_peer_hint(peer, hint)``
+    opaque bytes (for example a signed peer record) given to others as peer
+    exchange when we prune them; ``None`` clears it.
+``receive(peer, frame, now)``
+    one gossip message (one stream frame's plaintext). Never raises for bad
+    input: faults are counted in ``stats`` and penalised.
+``frames_to_send(now) -> list[tuple[peer, bytes]]``
+    each bytes is one gossip message, to be sent as one frame on the peer's
+    ``starling/gossip/1`` stream, in order.
+``publish(topic, data, now, time_ms=None) -> bytes``
+    sign, store and push an own message; returns its message ID.
+``catch_up(peer, topic, since_ms, now) -> bool``
+    send SYNC; the node calls it for each topic on every new or resumed
+    session. ``CatchUpDone`` reports the end.
+``get_timer() -> float | None`` / ``handle_timer(now)``
+    the heartbeat.
+``next_event() -> Event | None``
+    :class:`Delivered` (once per message ID, never for own messages),
+    :class:`PeerMisbehaved` (drop the session when ``graylisted``),
+    :class:`PeerExchange` (hints from a PRUNE), :class:`CatchUpDone`.
+``stats`` (a ``Counter``)
+    ``tx_frames`` / ``tx_bytes`` / ``rx_frames`` / ``rx_bytes`` in all and per
+    kind (``tx_bytes_PUBLISH``, ``rx_frames_IHAVE``, ...); ``publish_rx``
+    (every PUBLISH body received, duplicates included), ``publish_rx_duplicate``,
+    ``delivered``, ``published``, ``forwarded``, ``served`` (bodies sent for
+    IWANT), ``announced_ids``, ``requested_ids``, ``rejected_<CODE>`` per
+    registry code (``rejected_GOSSIP_GRAYLISTED``: input dropped from a
+    graylisted peer), ``ignored_unknown_type``.
+    Control bytes are ``tx_bytes - tx_bytes_PUBLISH``; copies per delivery are
+    ``publish_rx / delivered``.
+``mesh(topic)``, ``topic_peers(topic)``, ``penalty(peer)``, ``graylisted(peer)``
+    read-only views for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, cast
+
+from . import codec, identity
+from .errors import CodecError, ErrorCode, GossipError, StarlingError
+from .identity import PrivateKey, PublicKey
+
+__all__ = [
+    "MESSAGE_DOMAIN",
+    "MESSAGE_ID_TAG",
+    "PROTOCOL_ID",
+    "CatchUpDone",
+    "Delivered",
+    "GossipConfig",
+    "GossipNode",
+    "Message",
+    "MessageCache",
+    "MessageStore",
+    "PeerExchange",
+    "PeerMisbehaved",
+    "SeenCache",
+    "Verdict",
+    "decode_message",
+    "message_id",
+    "parse_message",
+    "select_ids",
+    "sign_message",
+    "topic_id",
+]
+
+Peer = Hashable
+Rand = Callable[[int], bytes]
+
+PROTOCOL_ID = "starling/gossip/1"  # a stream per side of a session, a message per frame [GSP-R3]
+MESSAGE_DOMAIN = "starling/gossip-msg/1"
+MESSAGE_ID_TAG = b"starling/gossip-id/1"
+TOPIC_TAG = b"starling/gossip-topic/1"
+
+TOPIC_SIZE = 32
+ID_SIZE = 32
+MAX_FRAME = 65519  # the largest frame plaintext of a session stream (02-secure-session, 7)
+MAX_MESSAGE_SIZE = 65024  # a signed message, so that a PUBLISH always fits one frame
+MAX_IDS = 1024  # IDs in one IHAVE, IWANT, IDONTWANT or SYNC_PAGE
+MAX_TOPICS = 64  # topics in one SUBSCRIBE or UNSUBSCRIBE
+MAX_PX = 16  # peer hints in one PRUNE
+MAX_HINT = 1024  # bytes in one peer hint
+MAX_BACKOFF = 3600  # seconds
+
+# Message types (key 0). Even types must be understood; IDONTWANT is odd because a
+# receiver that ignores it still behaves correctly (it only saves bandwidth) [MSG-R4].
+SUBSCRIBE, UNSUBSCRIBE, GRAFT, PRUNE, PUBLISH = 2, 4, 6, 8, 10
+IHAVE, IWANT, IDONTWANT, SYNC, SYNC_PAGE = 12, 14, 15, 16, 18
+KIND_NAMES = {
+    SUBSCRIBE: "SUBSCRIBE",
+    UNSUBSCRIBE: "UNSUBSCRIBE",
+    GRAFT: "GRAFT",
+    PRUNE: "PRUNE",
+    PUBLISH: "PUBLISH",
+    IHAVE: "IHAVE",
+    IWANT: "IWANT",
+    IDONTWANT: "IDONTWANT",
+    SYNC: "SYNC",
+    SYNC_PAGE: "SYNC_PAGE",
+}
+
+FRAME_LIMITS = codec.DecodeLimits(max_size=MAX_FRAME, max_depth=4)  # [GSP-R1]
+MESSAGE_LIMITS = codec.DecodeLimits(max_size=MAX_MESSAGE_SIZE, max_depth=4)  # [GSP-R10]
+
+_TYPE = codec.Field(0, "type", int, minimum=0)
+_TOPIC = codec.Field(1, "topic", bytes, size=TOPIC_SIZE)
+_FIELDS: dict[int, tuple[codec.Field, ...]] = {  # spec/05-gossip.md, section 4 [GSP-R2]
+    SUBSCRIBE: (_TYPE, codec.Field(1, "topics", list, max_size=MAX_TOPICS)),
+    UNSUBSCRIBE: (_TYPE, codec.Field(1, "topics", list, max_size=MAX_TOPICS)),
+    GRAFT: (_TYPE, _TOPIC),
+    PRUNE: (
+        _TYPE,
+        _TOPIC,
+        codec.Field(2, "backoff", int, minimum=0, maximum=MAX_BACKOFF),
+        codec.Field(3, "px", list, required=False, max_size=MAX_PX),
+    ),
+    PUBLISH: (_TYPE, codec.Field(1, "message", bytes)),
+    IHAVE: (_TYPE, _TOPIC, codec.Field(2, "ids", list, max_size=MAX_IDS)),
+    IWANT: (_TYPE, codec.Field(1, "ids", list, max_size=MAX_IDS)),
+    IDONTWANT: (_TYPE, codec.Field(1, "ids", list, max_size=MAX_IDS)),
+    SYNC: (
+        _TYPE,
+        _TOPIC,
+        codec.Field(2, "since", int, minimum=0),
+        codec.Field(4, "after", bytes, required=False, size=ID_SIZE),
+    ),
+    SYNC_PAGE: (
+        _TYPE,
+        _TOPIC,
+        codec.Field(2, "ids", list, max_size=MAX_IDS),
+        codec.Field(4, "next", list, required=False, size=2),
+    ),
+}
+_PAYLOAD_FIELDS = (  # the signed payload [GSP-R10]
+    codec.Field(1, "topic", bytes, size=TOPIC_SIZE),
+    codec.Field(2, "time", int, minimum=0),
+    codec.Field(3, "data", bytes),
+)
+
+
+# ----------------------------------------------------------------------------- wire helpers
+
+
+def topic_id(network: bytes, community_key: bytes) -> bytes:
+    """The topic of a community: SHA-256("starling/gossip-topic/1" || network || key) [GSP-R14]."""
+    return hashlib.sha256(TOPIC_TAG + network + community_key).digest()
+
+
+def message_id(raw: bytes) -> bytes:
+    """SHA-256("starling/gossip-id/1" || the signed message bytes) [GSP-R11]."""
+    return hashlib.sha256(MESSAGE_ID_TAG + raw).digest()
+
+
+def _element_fault(code: ErrorCode, what: str) -> CodecError:
+    return CodecError(code, what, "GSP-R2")
+
+
+def _check_blobs(items: list[codec.Value], size: int | None, limit: int | None, what: str) -> None:
+    for i, item in enumerate(items):
+        if not isinstance(item, bytes):
+            raise _element_fault(ErrorCode.SCHEMA_TYPE, f"{what}[{i}] must be bytes")
+        if size is not None and len(item) != size:
+            raise _element_fault(ErrorCode.SCHEMA_VALUE, f"{what}[{i}] must be {size} bytes")
+        if limit is not None and len(item) > limit:
+            raise _element_fault(ErrorCode.SCHEMA_VALUE, f"{what}[{i}] exceeds {limit} bytes")
+
+
+_PUBLISH_HEAD = b"\xa2\x00\x0a\x01"  # {0: 10, 1: ...
+
+
+def _publish_body(frame: bytes) -> bytes | None:
+    """The signed message of a canonical PUBLISH ``{0: 10, 1: bstr}``, or None.
+
+    PUBLISH is most of what a node receives, so it skips the general decoder: the
+    bytes accepted here are exactly the canonical encodings of such a map, which the
+    general decoder accepts too; anything else takes the general path.
+    """
+    size = len(frame)
+    if size > MAX_FRAME or size < 5 or frame[:4] != _PUBLISH_HEAD:
+        return None
+    head = frame[4]
+    if 0x40 <= head <= 0x57:
+        start, length = 5, head - 0x40
+    elif head == 0x58 and size >= 6 and frame[5] >= 24:
+        start, length = 6, frame[5]
+    elif head == 0x59 and size >= 7 and frame[5] != 0:  # a 2-byte length of 256 or more
+        start, length = 7, (frame[5] << 8) | frame[6]
+    else:
+        return None
+    if start + length != size:
+        return None
+    return bytes(frame[start:])
+
+
+def decode_message(frame: bytes) -> tuple[int, dict[str, codec.Value] | None]:
+    """Decode one gossip message: its type and its fields by name [GSP-R1] [GSP-R2].
+
+    An unknown odd type gives ``(type, None)``: the message is ignored [MSG-R3].
+    Raises CodecError (``CBOR_*``, ``SCHEMA_*``) for everything else that is wrong.
+    """
+    body = _publish_body(frame)
+    if body is not None:
+        return PUBLISH, {"type": PUBLISH, "message": body}
+    message = codec.decode(frame, FRAME_LIMITS)
+    kind = codec.dispatch(message, _KNOWN, "gossip message")
+    if kind is None:
+        assert isinstance(message, dict)
+        unknown = message[0]
+        assert isinstance(unknown, int)
+        return unknown, None
+    fields = codec.read_fields(message, _FIELDS[kind], KIND_NAMES[kind])
+    for name, value in fields.items():
+        if isinstance(value, list):
+            if name == "topics":
+                _check_blobs(value, TOPIC_SIZE, None, name)
+            elif name == "ids":
+                _check_blobs(value, ID_SIZE, None, name)
+            elif name == "px":
+                _check_blobs(value, None, MAX_HINT, name)
+            elif name == "next":
+                when, after = value
+                if not isinstance(when, int) or isinstance(when, bool):
+                    raise _element_fault(ErrorCode.SCHEMA_TYPE, "next[0] must be an integer")
+                if when < 0:
+                    raise _element_fault(ErrorCode.SCHEMA_VALUE, "next[0] must be >= 0")
+                _check_blobs([after], ID_SIZE, None, "next[1:]")
+    return kind, fields
+
+
+def _kind_of(kind: int) -> Callable[[dict[int, codec.Value]], int]:
+    return lambda _message: kind
+
+
+_KNOWN = {kind: _kind_of(kind) for kind in _FIELDS}
+
+
+# ----------------------------------------------------------------------------- signed messages
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Message:
+    """A verified gossip message. ``raw`` is the signed message exactly as carried,
+    ``frame`` the PUBLISH that carries it (built once, forwarded as is) [GSP-R13]."""
+
+    id: bytes
+    topic: bytes
+    author: PublicKey
+    time_ms: int
+    data: bytes
+    raw: bytes = field(repr=False)
+    frame: bytes = field(repr=False)
+
+    @property
+    def author_id(self) -> bytes:
+        return self.author.peer_id.raw
+
+
+@dataclass(frozen=True, slots=True)
+class _Unverified:
+    signer: bytes
+    payload: bytes
+    signature: bytes
+    topic: bytes
+    time_ms: int
+    data: bytes
+
+
+def _invalid(reason: str) -> GossipError:
+    return GossipError(ErrorCode.GOSSIP_MESSAGE_INVALID, reason, "GSP-R10")
+
+
+def _structure(raw: bytes) -> _Unverified:
+    """Every check of a signed message but the signature's [GSP-R10]."""
+    if len(raw) > MAX_MESSAGE_SIZE:
+        raise GossipError(
+            ErrorCode.GOSSIP_MESSAGE_TOO_LARGE,
+            f"signed message of {len(raw)} bytes exceeds {MAX_MESSAGE_SIZE}",
+            "GSP-R10",
+        )
+    try:
+        envelope = codec.decode(raw, MESSAGE_LIMITS)
+        if isinstance(envelope, dict):
+            extra = sorted(set(envelope) - {1, 2, 3})
+            if extra:
+                raise _invalid(f"envelope carries extra key {extra[0]} [ID-R22]")
+        env = codec.read_fields(envelope, identity.ENVELOPE_FIELDS, "envelope")
+        payload = env["payload"]
+        assert isinstance(payload, bytes)
+        fields = codec.read_fields(
+            codec.decode(payload, MESSAGE_LIMITS), _PAYLOAD_FIELDS, "gossip payload"
+        )
+    except GossipError:
+        raise
+    except StarlingError as exc:
+        raise _invalid(f"not a signed gossip message: {exc}") from None
+    signer, signature = env["signer"], env["signature"]
+    topic, time_ms, data = fields["topic"], fields["time"], fields["data"]
+    assert isinstance(signer, bytes) and isinstance(signature, bytes)
+    assert isinstance(topic, bytes) and isinstance(time_ms, int) and isinstance(data, bytes)
+    return _Unverified(signer, payload, signature, topic, time_ms, data)
+
+
+def _publish_frame(raw: bytes) -> bytes:
+    return codec.encode({0: PUBLISH, 1: raw})
+
+
+def _verify(raw: bytes, mid: bytes, parsed: _Unverified) -> Message:
+    try:
+        author = PublicKey(parsed.signer)
+        author.verify(MESSAGE_DOMAIN, parsed.payload, parsed.signature)
+    except StarlingError as exc:
+        raise _invalid(f"signature does not verify: {exc}") from None
+    return Message(mid, parsed.topic, author, parsed.time_ms, parsed.data, raw, _publish_frame(raw))
+
+
+# Verified (or refused) messages by ID: a message reaches a node over several paths and,
+# in a simulator, thousands of cores in one process. The ID is a hash of the exact bytes,
+# so a hit is the same bytes; keeping the first Message also shares its bytes.
+# A refusal is kept with the message's topic when the structure was sound (None when
+# not), so that the order of checks of 6.1 (topic before signature) holds on a hit.
+_VERIFIED: OrderedDict[bytes, Message | tuple[GossipError, bytes | None]] = OrderedDict()
+_VERIFIED_MAX = 8192
+
+
+def _remember(mid: bytes, result: Message | tuple[GossipError, bytes | None]) -> None:
+    _VERIFIED[mid] = result
+    if len(_VERIFIED) > _VERIFIED_MAX:
+        _VERIFIED.popitem(last=False)
+
+
+def parse_message(raw: bytes) -> Message:
+    """Check and verify a signed message; every failure is a GossipError with its code:
+    ``GOSSIP_MESSAGE_TOO_LARGE`` or ``GOSSIP_MESSAGE_INVALID`` [GSP-R10]."""
+    raw = bytes(raw)
+    mid = message_id(raw)
+    cached = _VERIFIED.get(mid)
+    if isinstance(cached, Message):
+        return cached
+    if cached is not None:
+        raise cached[0]
+    try:
+        parsed = _structure(raw)
+    except GossipError as exc:
+        _remember(mid, (exc, None))
+        raise
+    try:
+        message = _verify(raw, mid, parsed)
+    except GossipError as exc:
+        _remember(mid, (exc, parsed.topic))
+        raise
+    _remember(mid, message)
+    return message
+
+
+def sign_message(author: PrivateKey, topic: bytes, time_ms: int, data: bytes) -> Message:
+    """Sign ``{1: topic, 2: time_ms, 3: data}`` under ``starling/gossip-msg/1`` [GSP-R10]."""
+    payload = codec.encode({1: bytes(topic), 2: time_ms, 3: bytes(data)})
+    raw = identity.seal(author, MESSAGE_DOMAIN, payload)
+    return parse_message(raw)
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+def select_ids(
+    entries: Sequence[tuple[int, bytes]], since_ms: int, after: bytes | None, limit: int
+) -> tuple[list[bytes], tuple[int, bytes] | None]:
+    """One SYNC_PAGE from ``entries``, sorted by (time, ID) [GSP-R60].
+
+    The IDs of the entries at or after ``since_ms`` (strictly after ``(since_ms,
+    after)`` when ``after`` is given), in that order, at most ``limit``; and the
+    cursor of the last one listed when more follow, else None.
+    """
+    if after is None:
+        start = bisect.bisect_left(entries, (since_ms, b""))
+    else:
+        start = bisect.bisect_right(entries, (since_ms, after))
+    page = entries[start : start + limit]
+    more = start + limit < len(entries)
+    return [mid for _, mid in page], (page[-1] if more and page else None)
+
+
+class MessageStore(Protocol):
+    """Where a node keeps message bodies for IWANT and catch-up [GSP-R31].
+
+    The default is :class:`MessageCache`; the community layer can plug in its
+    persistent store. Every method is synchronous and must not block.
+    """
+
+    def add(self, message: Message, now: float) -> None: ...
+
+    def get(self, message_id: bytes) -> Message | None: ...
+
+    def has(self, message_id: bytes) -> bool: ...
+
+    def ids_since(
+        self, topic: bytes, since_ms: int, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], tuple[int, bytes] | None]: ...
+
+    def expire(self, now: float) -> None: ...
+
+    def drop_topic(self, topic: bytes) -> None: ...
+
+
+class MessageCache:
+    """Bodies of recent messages, bounded by count, bytes and age [GSP-R31].
+
+    Eviction is oldest received first. ``ids_since`` pages through a topic's
+    messages ordered by (publisher time, ID).
+    """
+
+    def __init__(self, max_messages: int = 4096, max_bytes: int = 32 << 20, max_age: float = 600.0):
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._entries: OrderedDict[bytes, tuple[Message, float]] = OrderedDict()
+        self._index: dict[bytes, list[tuple[int, bytes]]] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, message: Message, now: float) -> None:
+        if message.id in self._entries:
+            return
+        self._entries[message.id] = (message, now)
+        self.bytes += len(message.raw)
+        bisect.insort(self._index.setdefault(message.topic, []), (message.time_ms, message.id))
+        while self._entries and (
+            len(self._entries) > self.max_messages or self.bytes > self.max_bytes
+        ):
+            self._evict()
+
+    def _evict(self) -> None:
+        _, (message, _) = self._entries.popitem(last=False)
+        self.bytes -= len(message.raw)
+        index = self._index.get(message.topic)
+        if index is not None:
+            key = (message.time_ms, message.id)
+            i = bisect.bisect_left(index, key)
+            if i < len(index) and index[i] == key:
+                del index[i]
+            if not index:
+                del self._index[message.topic]
+
+    def get(self, message_id: bytes) -> Message | None:
+        entry = self._entries.get(message_id)
+        return entry[0] if entry is not None else None
+
+    def has(self, message_id: bytes) -> bool:
+        return message_id in self._entries
+
+    def ids_since(
+        self, topic: bytes, since_ms: int, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], tuple[int, bytes] | None]:
+        return select_ids(self._index.get(topic, []), since_ms, after, limit)
+
+    def expire(self, now: float) -> None:
+        while self._entries:
+            _, added = next(iter(self._entries.values()))
+            if added > now - self.max_age:
+                break
+            self._evict()
+
+    def drop_topic(self, topic: bytes) -> None:
+        for _, mid in self._index.pop(topic, []):
+            entry = self._entries.pop(mid, None)
+            if entry is not None:
+                self.bytes -= len(entry[0].raw)
+
+
+# Seen-cache verdicts; a rejection is stored as its registry code.
+_ACCEPTED = 0
+_IGNORED = 1
+
+
+class SeenCache:
+    """Message IDs already received, never bodies: bounded by count and TTL [GSP-R30].
+
+    The TTL is the same for every entry, so insertion order is expiry order and
+    both bounds are kept from the front.
+    """
+
+    def __init__(self, max_entries: int = 20000, ttl: float = 120.0) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, message_id: bytes) -> bool:
+        return message_id in self._entries
+
+    def get(self, message_id: bytes) -> int | None:
+        entry = self._entries.get(message_id)
+        return entry[1] if entry is not None else None
+
+    def add(self, message_id: bytes, verdict: int, now: float) -> None:
+        if message_id in self._entries:
+            self._entries[message_id] = (self._entries[message_id][0], verdict)
+            return
+        self._entries[message_id] = (now + self.ttl, verdict)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            expires, _ = next(iter(entries.values()))
+            if expires > now:
+                break
+            entries.popitem(last=False)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+class Verdict(Enum):
+    """What the application's validator says of a message [GSP-R21]."""
+
+    ACCEPT = "accept"  # deliver and forward
+    REJECT = "reject"  # drop, do not forward, penalise the sender
+    IGNORE = "ignore"  # drop, do not forward, no penalty
+
+
+Validator = Callable[[Message, Peer], Verdict]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message reached this node for the first time (never sent for own messages).
+
+    ``via`` is ``"push"`` (an eager PUBLISH), ``"pull"`` (asked for after an IHAVE)
+    or ``"sync"`` (asked for during a catch-up)."""
+
+    topic: bytes
+    message_id: bytes
+    message: Message
+    from_peer: Peer
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMisbehaved:
+    """A peer was penalised; ``graylisted``: its input is now dropped and the node
+    should close the session [GSP-R52]."""
+
+    peer: Peer
+    code: ErrorCode
+    reason: str
+    penalty: float
+    graylisted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerExchange:
+    """A PRUNE carried peer hints (unauthenticated: dial them like any address) [GSP-R43]."""
+
+    peer: Peer
+    topic: bytes
+    hints: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpDone:
+    """A catch-up with ``peer`` ended: ``listed`` IDs seen in its pages, ``requested``
+    of them asked for; ``complete`` is False when it was cut short."""
+
+    peer: Peer
+    topic: bytes
+    listed: int
+    requested: int
+    complete: bool
+
+
+Event = Delivered | PeerMisbehaved | PeerExchange | CatchUpDone
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GossipConfig:
+    """Parameters (spec/05-gossip.md, section 2.1). Times in seconds."""
+
+    d: int = 6
+    d_low: int = 4
+    d_high: int = 12
+    d_out: int = 2  # outbound peers kept in a mesh
+    d_lazy: int = 6  # non-mesh peers sent IHAVE at each heartbeat
+    gossip_factor: float = 0.25
+    gossip_window: float = 1.0  # IDs received this recently are announced at a heartbeat
+    heartbeat: float = 1.0
+    # Eager push: how many mesh peers get the body of a forwarded message; the other
+    # mesh peers get an IHAVE at once [GSP-R23]. None: all of them. Large messages are
+    # announced and pulled, not pushed, by default: one copy per node instead of about
+    # one per mesh peer, for a round trip more per hop.
+    eager_degree: int | None = None
+    large_message: int = 1024  # bytes [GSP-R34]
+    eager_degree_large: int | None = 0
+    idontwant: bool = True  # send IDONTWANT for large messages (received ones are honoured)
+    prune_backoff: int = 60
+    unsubscribe_backoff: int = 10
+    px_count: int = 8
+    seen_ttl: float = 120.0
+    seen_max: int = 20000
+    cache_max_messages: int = 4096
+    cache_max_bytes: int = 32 << 20
+    cache_max_age: float = 600.0
+    forward_max_age: float = 120.0  # older messages are delivered and kept, not forwarded
+    max_clock_skew: float | None = 60.0  # messages dated further ahead are ignored
+    iwant_timeout: float = 3.0
+    max_wants: int = 8192
+    want_ttl: float = 30.0
+    # Per peer and heartbeat, what we accept ...
+    max_ihave_ids: int = 5000
+    max_ihave_messages: int = 500
+    max_iwant_ids: int = 1024
+    max_retransmissions: int = 3  # times one ID is served to one peer
+    retransmission_window: float = 60.0
+    max_syncs: int = 4
+    max_idontwant_ids: int = 2048  # entries kept per peer
+    idontwant_ttl: float = 3.0
+    max_topics_per_peer: int = 256
+    publish_rate: float = 200.0  # PUBLISH per second per peer, token bucket ...
+    publish_burst: float = 1000.0  # ... of this depth
+    # ... and what we send (below the limits above, so an honest sender is never refused).
+    max_iwant_ids_out: int = 512
+    max_syncs_out: int = 2
+    sync_page: int = MAX_IDS
+    max_sync_pages: int = 64
+    sync_timeout: float = 30.0
+    # Penalties (spec/05-gossip.md, section 11.2): points per fault, a graylist threshold
+    # and a decay per heartbeat.
+    penalty_malformed: float = 50.0
+    penalty_invalid: float = 25.0
+    penalty_rejected: float = 10.0
+    penalty_backoff: float = 10.0
+    penalty_promise: float = 2.0
+    penalty_limit: float = 1.0
+    penalty_rate: float = 0.5
+    graylist_threshold: float = 100.0
+    penalty_decay: float = 0.9
+
+    def penalty_for(self, code: ErrorCode) -> float:
+        """Points for a fault of ``code`` (0: counted, not penalised)."""
+        if code.name.startswith(("CBOR_", "SCHEMA_")):
+            return self.penalty_malformed
+        return {
+            ErrorCode.GOSSIP_MESSAGE_INVALID: self.penalty_invalid,
+            ErrorCode.GOSSIP_MESSAGE_TOO_LARGE: self.penalty_invalid,
+            ErrorCode.GOSSIP_MESSAGE_REJECTED: self.penalty_rejected,
+            ErrorCode.GOSSIP_GRAFT_BACKOFF: self.penalty_backoff,
+            ErrorCode.GOSSIP_PROMISE_BROKEN: self.penalty_promise,
+            ErrorCode.GOSSIP_IHAVE_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_IWANT_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_SYNC_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_IDONTWANT_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_TOPIC_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_UNSOLICITED: self.penalty_limit,
+            ErrorCode.GOSSIP_RATE_LIMITED: self.penalty_rate,
+        }.get(code, 0.0)
+
+
+# ----------------------------------------------------------------------------- peer state
+
+
+class _Peer:
+    """What the core keeps per peer: a handful of numbers and two small maps."""
+
+    __slots__ = (
+        "dontwant",
+        "epoch",
+        "graylisted",
+        "handle",
+        "hint",
+        "ihave_ids",
+        "ihave_msgs",
+        "iwant_ids",
+        "iwant_out",
+        "outbound",
+        "penalty",
+        "refilled",
+        "served",
+        "served_reset",
+        "syncs",
+        "syncs_out",
+        "tokens",
+        "topics",
+    )
+
+    def __init__(self, handle: Peer, outbound: bool, now: float, burst: float) -> None:
+        self.handle = handle
+        self.outbound = outbound
+        self.topics: dict[bytes, None] = {}  # dicts as ordered sets: runs reproduce
+        self.penalty = 0.0
+        self.graylisted = False
+        self.tokens = burst
+        self.refilled = now
+        self.hint: bytes | None = None
+        self.dontwant: dict[bytes, float] = {}
+        self.served: dict[bytes, int] = {}
+        self.served_reset = now
+        # Per-heartbeat counters, reset lazily when ``epoch`` is behind the node's.
+        self.epoch = -1
+        self.ihave_ids = self.ihave_msgs = self.iwant_ids = self.iwant_out = 0
+        self.syncs = self.syncs_out = 0
+
+
+class _Topic:
+    __slots__ = ("last_time", "mesh", "recent")
+
+    def __init__(self) -> None:
+        self.mesh: dict[Peer, None] = {}
+        self.recent: deque[tuple[float, bytes]] = deque()  # (received, ID) to gossip
+        self.last_time = -1
+
+
+class _Want:
+    """An ID we lack and that peers announced: who announced it, whom we asked."""
+
+    __slots__ = ("announcers", "asked", "created", "deadline", "sync", "topic")
+
+    def __init__(self, topic: bytes | None, sync: bool, now: float) -> None:
+        self.topic = topic
+        self.announcers: list[Peer] = []
+        self.asked: Peer | None = None
+        self.deadline = 0.0
+        self.sync = sync
+        self.created = now
+
+
+class _Sync:
+    """A catch-up in progress with one peer in one topic; ``pending`` is the SYNC to
+    send when the budget toward the peer allows (paced at heartbeats) [GSP-R51]."""
+
+    __slots__ = ("listed", "pages", "pending", "requested", "started")
+
+    def __init__(self, now: float, pending: tuple[int, bytes | None]) -> None:
+        self.pages = 1
+        self.listed = 0
+        self.requested = 0
+        self.started = now
+        self.pending: tuple[int, bytes | None] | None = pending
+
+
+_MAX_ANNOUNCERS = 4
+_MAX_SOURCES = 8
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+class GossipNode:
+    """One node's gossip state machine (sans-IO). See the module docstring for the API."""
+
+    def __init__(
+        self,
+        identity_key: PrivateKey,
+        network_id: bytes,
+        rand: Rand,
+        now: float,
+        config: GossipConfig | None = None,
+        validator: Validator | None = None,
+        store: MessageStore | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        self.identity = identity_key
+        self.network_id = network_id
+        self.config = cfg = config or GossipConfig()
+        self.validator = validator
+        self.epoch_offset = epoch_offset
+        self.store: MessageStore = store or MessageCache(
+            cfg.cache_max_messages, cfg.cache_max_bytes, cfg.cache_max_age
+        )
+        self.seen = SeenCache(cfg.seen_max, cfg.seen_ttl)
+        self.stats: Counter[str] = Counter()
+        self._rand = rand
+        self._now = now
+        self._epoch = 0
+        self._next_heartbeat = now + cfg.heartbeat
+        self._peers: dict[Peer, _Peer] = {}
+        self._topics: dict[bytes, _Topic] = {}  # the topics we subscribe to
+        # Every topic some peer subscribes to. Sets whose order could reach the wire are
+        # dicts: set order follows hashes, which vary between processes.
+        self._topic_peers: dict[bytes, dict[Peer, None]] = {}
+        self._backoff_ours: dict[tuple[bytes, Peer], float] = {}  # we pruned them
+        self._backoff_theirs: dict[tuple[bytes, Peer], float] = {}  # they pruned us
+        self._wants: dict[bytes, _Want] = {}
+        self._syncs: dict[tuple[Peer, bytes], _Sync] = {}
+        self._sources: dict[bytes, list[Peer]] = {}  # recent IDs: peers that sent them
+        self._penalised: dict[Peer, None] = {}
+        self._penalty_memory: OrderedDict[Peer, tuple[float, float]] = OrderedDict()
+        self._dontwant_peers: dict[Peer, None] = {}
+        self._outbox: list[tuple[Peer, bytes]] = []
+        self._announce: dict[Peer, dict[bytes, list[bytes]]] = {}  # peer -> topic -> IDs
+        self._dontwant_out: dict[Peer, list[bytes]] = {}
+        self._events: deque[Event] = deque()
+        self._handlers: dict[int, Callable[[_Peer, dict[str, codec.Value]], None]] = {
+            SUBSCRIBE: self._on_subscribe,
+            UNSUBSCRIBE: self._on_unsubscribe,
+            GRAFT: self._on_graft,
+            PRUNE: self._on_prune,
+            PUBLISH: self._on_publish,
+            IHAVE: self._on_ihave,
+            IWANT: self._on_iwant,
+            IDONTWANT: self._on_idontwant,
+            SYNC: self._on_sync,
+            SYNC_PAGE: self._on_sync_page,
+        }
+
+    # -- views -----------------------------------------------------------------------------
+
+    def topic(self, community_key: bytes) -> bytes:
+        return topic_id(self.network_id, community_key)
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._peers)
+
+    @property
+    def topics(self) -> list[bytes]:
+        return list(self._topics)
+
+    def mesh(self, topic: bytes) -> set[Peer]:
+        state = self._topics.get(topic)
+        return set(state.mesh) if state is not None else set()
+
+    def topic_peers(self, topic: bytes) -> set[Peer]:
+        return set(self._topic_peers.get(topic, ()))
+
+    def penalty(self, peer: Peer) -> float:
+        p = self._peers.get(peer)
+        return p.penalty if p is not None else 0.0
+
+    def graylisted(self, peer: Peer) -> bool:
+        p = self._peers.get(peer)
+        return p is not None and p.graylisted
+
+    @property
+    def pending_wants(self) -> int:
+        return len(self._wants)
+
+    # -- the sans-IO interface -------------------------------------------------------------
+
+    def receive(self, peer: Peer, frame: bytes, now: float) -> None:
+        """One gossip message from ``peer``. Bad input is counted and penalised, never
+        raised."""
+        self._now = now
+        p = self._peers.get(peer)
+        if p is None:
+            self.stats["dropped_unknown_peer"] += 1
+            return
+        if p.graylisted:  # [GSP-R52]
+            self.stats["rejected_GOSSIP_GRAYLISTED"] += 1
+            return
+        size = len(frame)
+        self.stats["rx_frames"] += 1
+        self.stats["rx_bytes"] += size
+        try:
+            kind, fields = decode_message(frame)
+            name = KIND_NAMES.get(kind)
+            if fields is None or name is None:
+                self.stats["ignored_unknown_type"] += 1  # odd, unknown [MSG-R3]
+                return
+            self.stats[_RX_FRAMES[kind]] += 1
+            self.stats[_RX_BYTES[kind]] += size
+            self._handlers[kind](p, fields)
+        except StarlingError as exc:
+            self._fault(p, exc)
+
+    def frames_to_send(self, now: float) -> list[tuple[Peer, bytes]]:
+        self._now = now
+        out: list[tuple[Peer, bytes]] = []
+        if self._dontwant_out:  # first: they are worth most when they arrive early
+            for handle, ids in self._dontwant_out.items():
+                for chunk in _chunks(ids, MAX_IDS):
+                    frame = codec.encode({0: IDONTWANT, 1: chunk})
+                    out.append((handle, self._count(IDONTWANT, frame)))
+            self._dontwant_out = {}
+        out.extend(self._outbox)
+        self._outbox = []
+        if self._announce:
+            for handle, by_topic in self._announce.items():
+                for topic, ids in by_topic.items():
+                    for chunk in _chunks(ids, MAX_IDS):
+                        frame = codec.encode({0: IHAVE, 1: topic, 2: chunk})
+                        out.append((handle, self._count(IHAVE, frame)))
+            self._announce = {}
+        return out
+
+    def get_timer(self) -> float | None:
+        return self._next_heartbeat
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if now < self._next_heartbeat:
+            return
+        self._heartbeat()
+        self._next_heartbeat += self.config.heartbeat
+        if self._next_heartbeat <= now:  # the caller was late: no burst of heartbeats
+            self._next_heartbeat = now + self.config.heartbeat
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # -- application API -------------------------------------------------------------------
+
+    def add_peer(self, peer: Peer, now: float, outbound: bool = False) -> None:
+        """A gossip stream with ``peer`` is open: tell it our topics [GSP-R44]."""
+        self._now = now
+        if peer in self._peers:
+            return
+        p = _Peer(peer, outbound, now, self.config.publish_burst)
+        remembered = self._penalty_memory.pop(peer, None)
+        if remembered is not None:  # penalties survive a reconnection, decayed
+            penalty, at = remembered
+            beats = max(0.0, (now - at) / self.config.heartbeat)
+            p.penalty = penalty * self.config.penalty_decay**beats
+            if p.penalty > 0.01:
+                self._penalised[peer] = None
+                p.graylisted = p.penalty >= self.config.graylist_threshold
+            else:
+                p.penalty = 0.0
+        self._peers[peer] = p
+        if p.graylisted:
+            reason = "graylisted when it last left"
+            self._events.append(
+                PeerMisbehaved(peer, ErrorCode.GOSSIP_GRAYLISTED, reason, p.penalty, True)
+            )
+            return
+        for chunk in _chunks(list(self._topics), MAX_TOPICS):
+            self._send(p, SUBSCRIBE, codec.encode({0: SUBSCRIBE, 1: chunk}))
+
+    def remove_peer(self, peer: Peer, now: float) -> None:
+        """The stream or session with ``peer`` is gone."""
+        self._now = now
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return
+        for topic in p.topics:
+            members = self._topic_peers.get(topic)
+            if members is not None:
+                members.pop(peer, None)
+                if not members:
+                    del self._topic_peers[topic]
+        for state in self._topics.values():
+            state.mesh.pop(peer, None)
+        for want in self._wants.values():
+            if peer in want.announcers:
+                want.announcers.remove(peer)
+            if want.asked == peer:
+                want.asked = None
+        for key in [k for k in self._syncs if k[0] == peer]:
+            del self._syncs[key]
+        self._penalised.pop(peer, None)
+        self._dontwant_peers.pop(peer, None)
+        self._announce.pop(peer, None)
+        self._dontwant_out.pop(peer, None)
+        if any(handle == peer for handle, _ in self._outbox):
+            self._outbox = [(handle, f) for handle, f in self._outbox if handle != peer]
+        if p.penalty > 0.01:
+            self._penalty_memory[peer] = (p.penalty, now)
+            while len(self._penalty_memory) > 4096:
+                self._penalty_memory.popitem(last=False)
+
+    def set_peer_hint(self, peer: Peer, hint: bytes | None) -> None:
+        """Opaque bytes others may dial ``peer`` by, given away in PRUNE [GSP-R43]."""
+        p = self._peers.get(peer)
+        if p is not None:
+            p.hint = None if hint is None else bytes(hint[:MAX_HINT])
+
+    def subscribe(self, topic: bytes, now: float) -> None:
+        """Join ``topic``: announce it and graft up to D of its peers [GSP-R44]."""
+        self._now = now
+        topic = _topic_arg(topic)
+        if topic in self._topics:
+            return
+        self._topics[topic] = state = _Topic()
+        frame = codec.encode({0: SUBSCRIBE, 1: [topic]})
+        for p in self._peers.values():
+            self._send(p, SUBSCRIBE, frame)
+        candidates = self._graft_candidates(topic, state)
+        for handle in candidates[: self.config.d]:
+            self._graft(topic, state, handle)
+
+    def unsubscribe(self, topic: bytes, now: float) -> None:
+        """Leave ``topic``: PRUNE the mesh, UNSUBSCRIBE everyone, forget its messages."""
+        self._now = now
+        state = self._topics.pop(topic, None)
+        if state is None:
+            return
+        backoff = self.config.unsubscribe_backoff
+        for handle in state.mesh:
+            p = self._peers[handle]
+            self._backoff_ours[(topic, handle)] = now + backoff
+            self._send(p, PRUNE, codec.encode({0: PRUNE, 1: topic, 2: backoff}))
+        frame = codec.encode({0: UNSUBSCRIBE, 1: [topic]})
+        for p in self._peers.values():
+            self._send(p, UNSUBSCRIBE, frame)
+        for handle, want in list(self._wants.items()):
+            if want.topic == topic:
+                del self._wants[handle]
+        for key in [k for k in self._syncs if k[1] == topic]:
+            del self._syncs[key]
+        for _, mid in state.recent:
+            self._sources.pop(mid, None)
+        self.store.drop_topic(topic)
+
+    def publish(self, topic: bytes, data: bytes, now: float, time_ms: int | None = None) -> bytes:
+        """Sign, keep and push an own message; returns its ID [GSP-R12] [GSP-R23].
+
+        ``time_ms`` defaults to the wall clock; times of one node's messages in a
+        topic strictly increase, so two messages never share an ID by accident.
+        """
+        self._now = now
+        topic = _topic_arg(topic)
+        state = self._topics.get(topic)
+        when = self._wall_ms() if time_ms is None else time_ms
+        if state is not None:
+            when = max(when, state.last_time + 1)
+            state.last_time = when
+        message = sign_message(self.identity, topic, when, data)
+        self.seen.add(message.id, _ACCEPTED, now)
+        self.store.add(message, now)
+        self.stats["published"] += 1
+        if state is not None and state.mesh:
+            targets = list(state.mesh)
+        else:  # no mesh (yet): up to D peers of the topic
+            targets = self._shuffled(self._topic_peers.get(topic, ()))[: self.config.d]
+        for handle in targets:
+            p = self._peers[handle]
+            if not p.graylisted:
+                self._send(p, PUBLISH, message.frame)
+        if state is not None:
+            state.recent.append((now, message.id))
+        return message.id
+
+    def catch_up(self, peer: Peer, topic: bytes, since_ms: int, now: float) -> bool:
+        """Ask ``peer`` for the IDs it holds for ``topic`` dated ``since_ms`` or later,
+        and pull what we lack [GSP-R60]. False if the peer is unknown or we do not
+        subscribe to the topic."""
+        self._now = now
+        p = self._peers.get(peer)
+        if p is None or p.graylisted or topic not in self._topics:
+            return False
+        sync = self._syncs[(peer, topic)] = _Sync(now, (max(0, since_ms), None))
+        self._ask(p, topic, sync)
+        return True
+
+    def _ask(self, p: _Peer, topic: bytes, sync: _Sync) -> None:
+        """Send the sync's pending SYNC if the budget toward ``p`` allows, else leave it
+        for a later heartbeat [GSP-R51]."""
+        if sync.pending is None or self._tick(p).syncs_out >= self.config.max_syncs_out:
+            return
+        since, after = sync.pending
+        sync.pending = None
+        p.syncs_out += 1
+        message: dict[int, codec.Value] = {0: SYNC, 1: topic, 2: since}
+        if after is not None:
+            message[4] = after
+        self._send(p, SYNC, codec.encode(message))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _count(self, kind: int, frame: bytes) -> bytes:
+        stats = self.stats
+        stats["tx_frames"] += 1
+        stats["tx_bytes"] += len(frame)
+        stats[_TX_FRAMES[kind]] += 1
+        stats[_TX_BYTES[kind]] += len(frame)
+        return frame
+
+    def _send(self, p: _Peer, kind: int, frame: bytes) -> None:
+        self._outbox.append((p.handle, self._count(kind, frame)))
+
+    def _wall_ms(self) -> int:
+        return int((self._now + self.epoch_offset) * 1000)
+
+    def _tick(self, p: _Peer) -> _Peer:
+        """Reset the peer's per-heartbeat counters if a heartbeat passed since."""
+        if p.epoch != self._epoch:
+            p.epoch = self._epoch
+            p.ihave_ids = p.ihave_msgs = p.iwant_ids = p.iwant_out = 0
+            p.syncs = p.syncs_out = 0
+        return p
+
+    def _shuffled(self, items: Iterable[Peer]) -> list[Peer]:
+        """The items in a random order (Fisher-Yates on the injected randomness)."""
+        out = list(items)
+        n = len(out)
+        if n > 1:
+            draw = self._rand(4 * n)
+            for i in range(n - 1, 0, -1):
+                j = int.from_bytes(draw[4 * i : 4 * i + 4], "big") % (i + 1)
+                out[i], out[j] = out[j], out[i]
+        return out
+
+    # -- faults and penalties --------------------------------------------------------------
+
+    def _fault(self, p: _Peer, exc: StarlingError) -> None:
+        self.stats[f"rejected_{exc.code.name}"] += 1
+        amount = self.config.penalty_for(exc.code)
+        if amount > 0:
+            self._penalise(p, exc.code, exc.reason, amount)
+
+    def _penalise(self, p: _Peer, code: ErrorCode, reason: str, amount: float) -> None:
+        """Add points; at the threshold the peer is graylisted: its input is dropped,
+        it leaves every mesh, and the node is told to close the session [GSP-R52]."""
+        p.penalty += amount
+        self._penalised[p.handle] = None
+        if not p.graylisted and p.penalty >= self.config.graylist_threshold:
+            p.graylisted = True
+            self.stats["graylisted"] += 1
+            for state in self._topics.values():
+                state.mesh.pop(p.handle, None)
+        self._events.append(PeerMisbehaved(p.handle, code, reason, p.penalty, p.graylisted))
+
+    def _limit(self, p: _Peer, code: ErrorCode, reason: str) -> None:
+        self._fault(p, GossipError(code, reason, "GSP-R50"))
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _on_subscribe(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        for topic in cast(list[bytes], fields["topics"]):
+            if topic in p.topics:
+                continue
+            if len(p.topics) >= self.config.max_topics_per_peer:
+                self._limit(p, ErrorCode.GOSSIP_TOPIC_LIMIT, "too many topics")
+                return
+            p.topics[topic] = None
+            self._topic_peers.setdefault(topic, {})[p.handle] = None
+
+    def _on_unsubscribe(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        for topic in cast(list[bytes], fields["topics"]):
+            self._forget_subscription(p, topic)
+
+    def _forget_subscription(self, p: _Peer, topic: bytes) -> None:
+        p.topics.pop(topic, None)
+        members = self._topic_peers.get(topic)
+        if members is not None:
+            members.pop(p.handle, None)
+            if not members:
+                del self._topic_peers[topic]
+        state = self._topics.get(topic)
+        if state is not None:
+            state.mesh.pop(p.handle, None)
+
+    def _on_graft(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        topic = cast(bytes, fields["topic"])
+        state = self._topics.get(topic)
+        if state is None:  # not ours: refuse without blame [GSP-R41]
+            self._send(p, PRUNE, codec.encode({0: PRUNE, 1: topic, 2: 0}))
+            return
+        until = self._backoff_ours.get((topic, p.handle))
+        if until is not None and until > self._now:
+            # Grafting back before the backoff we gave it ends [GSP-R42]: refuse, and
+            # restart the backoff.
+            backoff = self.config.prune_backoff
+            self._backoff_ours[(topic, p.handle)] = self._now + backoff
+            self._send(p, PRUNE, codec.encode({0: PRUNE, 1: topic, 2: backoff}))
+            self._fault(
+                p,
+                GossipError(ErrorCode.GOSSIP_GRAFT_BACKOFF, "GRAFT during backoff", "GSP-R42"),
+            )
+            return
+        if topic not in p.topics:  # a GRAFT implies the subscription
+            if len(p.topics) >= self.config.max_topics_per_peer:
+                self._limit(p, ErrorCode.GOSSIP_TOPIC_LIMIT, "too many topics")
+                return
+            p.topics[topic] = None
+            self._topic_peers.setdefault(topic, {})[p.handle] = None
+        self._backoff_theirs.pop((topic, p.handle), None)
+        state.mesh[p.handle] = None
+
+    def _on_prune(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        topic = cast(bytes, fields["topic"])
+        backoff = cast(int, fields["backoff"])
+        state = self._topics.get(topic)
+        if state is not None:
+            state.mesh.pop(p.handle, None)
+        if backoff:
+            self._backoff_theirs[(topic, p.handle)] = self._now + backoff  # [GSP-R42]
+        px = cast(list[bytes] | None, fields.get("px"))
+        if px and state is not None:
+            self._events.append(PeerExchange(p.handle, topic, tuple(px)))
+
+    def _on_publish(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        """The order of checks of spec/05-gossip.md, section 6.1 [GSP-R20]."""
+        now = self._now
+        # Token bucket: a flood costs a counter, not a hash [GSP-R50].
+        cfg = self.config
+        p.tokens = min(cfg.publish_burst, p.tokens + (now - p.refilled) * cfg.publish_rate)
+        p.refilled = now
+        if p.tokens < 1.0:
+            self._limit(p, ErrorCode.GOSSIP_RATE_LIMITED, "PUBLISH over the peer's rate")
+            return
+        p.tokens -= 1.0
+        raw = cast(bytes, fields["message"])
+        stats = self.stats
+        stats["publish_rx"] += 1
+        mid = message_id(raw)
+        verdict = self.seen.get(mid)
+        if verdict is None and self.store.has(mid):
+            verdict = _ACCEPTED
+        want = self._wants.pop(mid, None)
+        if verdict is not None:  # a duplicate [GSP-R22]
+            stats["publish_rx_duplicate"] += 1
+            if verdict > _IGNORED:  # a copy of what we refused counts against its sender too
+                again = GossipError(ErrorCode(verdict), "a refused message again", "GSP-R21")
+                self._fault(p, again)
+            else:
+                self._add_source(mid, p.handle)
+            return
+        cached = _VERIFIED.get(mid)  # checked before, maybe by another core
+        try:
+            if isinstance(cached, Message):
+                message = cached
+                if not self._wanted_topic(p, message.topic, mid):
+                    return
+                self._dontwant(message.topic, mid, len(raw), p)
+            elif cached is not None:
+                refusal, topic = cached
+                if topic is not None and not self._wanted_topic(p, topic, mid):
+                    return
+                raise refusal
+            else:
+                try:
+                    parsed = _structure(raw)
+                except GossipError as exc:
+                    _remember(mid, (exc, None))
+                    raise
+                if not self._wanted_topic(p, parsed.topic, mid):
+                    return
+                self._dontwant(parsed.topic, mid, len(raw), p)  # before verifying [GSP-R34]
+                try:
+                    message = _verify(raw, mid, parsed)
+                except GossipError as exc:
+                    _remember(mid, (exc, parsed.topic))
+                    raise
+                _remember(mid, message)
+        except GossipError as exc:
+            self.seen.add(mid, int(exc.code), now)
+            self._fault(p, exc)
+            return
+        skew = cfg.max_clock_skew
+        if skew is not None and message.time_ms > (now + self.epoch_offset + skew) * 1000:
+            self.seen.add(mid, _IGNORED, now)  # a clock too far ahead: no blame [GSP-R25]
+            stats["rejected_GOSSIP_MESSAGE_FUTURE"] += 1
+            return
+        if self.validator is not None:
+            decision = self.validator(message, p.handle)
+            if decision is Verdict.REJECT:
+                self.seen.add(mid, int(ErrorCode.GOSSIP_MESSAGE_REJECTED), now)
+                self._fault(
+                    p,
+                    GossipError(ErrorCode.GOSSIP_MESSAGE_REJECTED, "validator rejected", "GSP-R21"),
+                )
+                return
+            if decision is Verdict.IGNORE:
+                self.seen.add(mid, _IGNORED, now)
+                stats["ignored_by_validator"] += 1
+                return
+        self._accept(message, p, want)
+
+    def _wanted_topic(self, p: _Peer, topic: bytes, mid: bytes) -> bool:
+        if topic in self._topics:
+            return True
+        # Not (or no longer) ours: a race with UNSUBSCRIBE, not a fault [GSP-R26].
+        self.seen.add(mid, _IGNORED, self._now)
+        self.stats["rejected_GOSSIP_NOT_SUBSCRIBED"] += 1
+        return False
+
+    def _dontwant(self, topic: bytes, mid: bytes, size: int, source: _Peer) -> None:
+        """Tell the mesh we hold a large message before spending time on it [GSP-R34]."""
+        if size <= self.config.large_message or not self.config.idontwant:
+            return
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        for handle in state.mesh:
+            if handle != source.handle:
+                self._dontwant_out.setdefault(handle, []).append(mid)
+
+    def _add_source(self, mid: bytes, handle: Peer) -> None:
+        sources = self._sources.get(mid)
+        if sources is not None and len(sources) < _MAX_SOURCES and handle not in sources:
+            sources.append(handle)
+
+    def _accept(self, message: Message, p: _Peer, want: _Want | None) -> None:
+        """Keep, deliver once, forward [GSP-R22] [GSP-R23] [GSP-R24]."""
+        now = self._now
+        mid = message.id
+        self.seen.add(mid, _ACCEPTED, now)
+        self.store.add(message, now)
+        via = "push"
+        if want is not None and want.asked == p.handle:  # the answer to our IWANT
+            via = "sync" if want.sync else "pull"
+        self.stats["delivered"] += 1
+        self._events.append(Delivered(message.topic, mid, message, p.handle, via))
+        state = self._topics.get(message.topic)
+        if state is None:  # the validator unsubscribed
+            return
+        age = (now + self.epoch_offset) * 1000 - message.time_ms
+        if via == "sync" or age > self.config.forward_max_age * 1000:
+            return  # old news: delivered and kept, not pushed again [GSP-R24]
+        self._sources[mid] = [p.handle]
+        state.recent.append((now, mid))
+        large = len(message.raw) > self.config.large_message
+        degree = self.config.eager_degree_large if large else self.config.eager_degree
+        targets = [
+            h
+            for h in state.mesh
+            if h != p.handle
+            and mid not in self._peers[h].dontwant
+            and not self._peers[h].graylisted
+        ]
+        if degree is not None and len(targets) > degree:
+            targets = self._shuffled(targets)
+            for handle in targets[degree:]:  # the rest of the mesh hears of it at once
+                self._announce.setdefault(handle, {}).setdefault(message.topic, []).append(mid)
+                self.stats["announced_ids"] += 1
+            targets = targets[:degree]
+        for handle in targets:
+            self._send(self._peers[handle], PUBLISH, message.frame)
+        self.stats["forwarded"] += len(targets)
+
+    def _on_ihave(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        topic = cast(bytes, fields["topic"])
+        ids = cast(list[bytes], fields["ids"])
+        self._tick(p)
+        p.ihave_msgs += 1
+        if p.ihave_msgs > self.config.max_ihave_messages:
+            self._limit(p, ErrorCode.GOSSIP_IHAVE_LIMIT, "too many IHAVE this heartbeat")
+            return
+        room = self.config.max_ihave_ids - p.ihave_ids
+        if len(ids) > room:
+            ids = ids[: max(0, room)]
+            self._limit(p, ErrorCode.GOSSIP_IHAVE_LIMIT, "too many announced IDs this heartbeat")
+        p.ihave_ids += len(ids)
+        if topic not in self._topics or not ids:
+            return
+        self._want(p, topic, ids, sync=False)
+
+    def _known(self, mid: bytes) -> bool:
+        return mid in self.seen or self.store.has(mid)
+
+    def _want(self, p: _Peer, topic: bytes, ids: list[bytes], sync: bool) -> int:
+        """Note ``p`` as an announcer of the IDs we lack; ask it for those no one is
+        asked for yet, within our budget toward it [GSP-R33] [GSP-R51]. Returns how
+        many were asked for."""
+        now = self._now
+        cfg = self.config
+        self._tick(p)
+        request: list[bytes] = []
+        for mid in ids:
+            if self._known(mid):
+                continue
+            want = self._wants.get(mid)
+            if want is None:
+                if len(self._wants) >= cfg.max_wants:
+                    self.stats["dropped_wants"] += 1
+                    continue
+                want = self._wants[mid] = _Want(topic, sync, now)
+            elif not sync:
+                want.sync = False  # announced as news too: forward it when it comes
+            if p.handle not in want.announcers and len(want.announcers) < _MAX_ANNOUNCERS:
+                want.announcers.append(p.handle)
+            if want.asked is None and p.iwant_out < cfg.max_iwant_ids_out:
+                want.asked = p.handle
+                want.deadline = now + cfg.iwant_timeout
+                p.iwant_out += 1
+                request.append(mid)
+        self._request(p, request)
+        return len(request)
+
+    def _request(self, p: _Peer, ids: list[bytes]) -> None:
+        for chunk in _chunks(ids, MAX_IDS):
+            self._send(p, IWANT, codec.encode({0: IWANT, 1: chunk}))
+        self.stats["requested_ids"] += len(ids)
+
+    def _on_iwant(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        ids = cast(list[bytes], fields["ids"])
+        cfg = self.config
+        self._tick(p)
+        room = cfg.max_iwant_ids - p.iwant_ids
+        if len(ids) > room:
+            ids = ids[: max(0, room)]
+            self._limit(p, ErrorCode.GOSSIP_IWANT_LIMIT, "too many requested IDs this heartbeat")
+        p.iwant_ids += len(ids)
+        if self._now - p.served_reset > cfg.retransmission_window:
+            p.served.clear()
+            p.served_reset = self._now
+        for mid in ids:
+            message = self.store.get(mid)
+            if message is None:
+                continue  # not (or no longer) held: nothing is sent [GSP-R32]
+            count = p.served.get(mid, 0)
+            if count >= cfg.max_retransmissions:
+                self.stats["rejected_GOSSIP_IWANT_LIMIT"] += 1
+                continue
+            p.served[mid] = count + 1
+            self._send(p, PUBLISH, message.frame)
+            self.stats["served"] += 1
+
+    def _on_idontwant(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        ids = cast(list[bytes], fields["ids"])
+        until = self._now + self.config.idontwant_ttl
+        room = self.config.max_idontwant_ids - len(p.dontwant)
+        if len(ids) > room:
+            ids = ids[: max(0, room)]
+            self._limit(p, ErrorCode.GOSSIP_IDONTWANT_LIMIT, "too many IDONTWANT entries")
+        for mid in ids:
+            p.dontwant[mid] = until
+        if p.dontwant:
+            self._dontwant_peers[p.handle] = None
+
+    def _on_sync(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        self._tick(p)
+        p.syncs += 1
+        if p.syncs > self.config.max_syncs:
+            self._limit(p, ErrorCode.GOSSIP_SYNC_LIMIT, "too many SYNC this heartbeat")
+            return
+        topic = cast(bytes, fields["topic"])
+        since = cast(int, fields["since"])
+        after = cast(bytes | None, fields.get("after"))
+        reply: dict[int, codec.Value] = {0: SYNC_PAGE, 1: topic}
+        if topic in self._topics:
+            limit = max(1, min(self.config.sync_page, MAX_IDS))
+            ids, cursor = self.store.ids_since(topic, since, after, limit)
+            reply[2] = list(ids)
+            if cursor is not None:
+                reply[4] = [cursor[0], cursor[1]]
+        else:
+            reply[2] = []  # not ours: nothing held [GSP-R60]
+        self._send(p, SYNC_PAGE, codec.encode(reply))
+
+    def _on_sync_page(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        topic = cast(bytes, fields["topic"])
+        key = (p.handle, topic)
+        sync = self._syncs.get(key)
+        if sync is None:
+            unsolicited = GossipError(
+                ErrorCode.GOSSIP_UNSOLICITED, "SYNC_PAGE not asked for", "GSP-R61"
+            )
+            self._fault(p, unsolicited)
+            return
+        ids = cast(list[bytes], fields["ids"])
+        sync.started = self._now  # the timeout counts from the last page
+        sync.listed += len(ids)
+        if ids and topic in self._topics:
+            sync.requested += self._want(p, topic, ids, sync=True)
+        cursor = cast(list[codec.Value] | None, fields.get("next"))
+        if cursor is not None and sync.pages < self.config.max_sync_pages:
+            sync.pages += 1
+            since, after = cursor
+            assert isinstance(since, int) and isinstance(after, bytes)
+            sync.pending = (since, after)
+            self._ask(p, topic, sync)
+            return
+        del self._syncs[key]
+        done = CatchUpDone(p.handle, topic, sync.listed, sync.requested, cursor is None)
+        self._events.append(done)
+
+    # -- the mesh --------------------------------------------------------------------------
+
+    def _graft_candidates(
+        self, topic: bytes, state: _Topic, outbound_only: bool = False
+    ) -> list[Peer]:
+        """Topic peers we may graft, in a random order [GSP-R40] [GSP-R42]."""
+        now = self._now
+        out = []
+        for handle in self._topic_peers.get(topic, ()):
+            if handle in state.mesh:
+                continue
+            p = self._peers[handle]
+            if outbound_only and not p.outbound:
+                continue
+            if p.graylisted or p.penalty >= self.config.graylist_threshold / 2:
+                continue
+            key = (topic, handle)
+            if self._backoff_ours.get(key, 0.0) > now or self._backoff_theirs.get(key, 0.0) > now:
+                continue
+            out.append(handle)
+        return self._shuffled(out)
+
+    def _graft(self, topic: bytes, state: _Topic, handle: Peer) -> None:
+        state.mesh[handle] = None
+        self._send(self._peers[handle], GRAFT, codec.encode({0: GRAFT, 1: topic}))
+
+    def _prune(self, topic: bytes, state: _Topic, handle: Peer) -> None:
+        state.mesh.pop(handle, None)
+        backoff = self.config.prune_backoff
+        self._backoff_ours[(topic, handle)] = self._now + backoff
+        message: dict[int, codec.Value] = {0: PRUNE, 1: topic, 2: backoff}
+        px = self._px(topic, handle)
+        if px:
+            message[3] = list(px)
+        self._send(self._peers[handle], PRUNE, codec.encode(message))
+
+    def _px(self, topic: bytes, pruned: Peer) -> list[bytes]:
+        """Hints of other peers of the topic, the mesh first [GSP-R43]."""
+        if self.config.px_count <= 0:
+            return []
+        state = self._topics[topic]
+        others = [h for h in self._topic_peers.get(topic, ()) if h != pruned]
+        ordered = sorted(self._shuffled(others), key=lambda h: h not in state.mesh)
+        hints = []
+        for handle in ordered:
+            hint = self._peers[handle].hint
+            if hint is not None:
+                hints.append(hint)
+                if len(hints) >= min(self.config.px_count, MAX_PX):
+                    break
+        return hints
+
+    def _maintain(self, topic: bytes, state: _Topic) -> None:
+        """Keep the mesh between D_low and D_high with at least D_out outbound [GSP-R40]."""
+        cfg = self.config
+        mesh = state.mesh
+        if len(mesh) < cfg.d_low:
+            for handle in self._graft_candidates(topic, state)[: cfg.d - len(mesh)]:
+                self._graft(topic, state, handle)
+        elif len(mesh) > cfg.d_high:
+            ordered = self._shuffled(mesh)
+            keep = ordered[: cfg.d]
+            outbound = sum(1 for h in keep if self._peers[h].outbound)
+            if outbound < cfg.d_out:
+                extra = [h for h in ordered[cfg.d :] if self._peers[h].outbound]
+                swap = extra[: cfg.d_out - outbound]
+                inbound = [h for h in reversed(keep) if not self._peers[h].outbound]
+                for old, new in zip(inbound, swap, strict=False):
+                    keep[keep.index(old)] = new
+            kept = set(keep)
+            for handle in ordered:
+                if handle not in kept:
+                    self._prune(topic, state, handle)
+        if len(mesh) >= cfg.d_low:
+            outbound = sum(1 for h in mesh if self._peers[h].outbound)
+            if outbound < cfg.d_out:
+                candidates = self._graft_candidates(topic, state, outbound_only=True)
+                for handle in candidates[: cfg.d_out - outbound]:
+                    self._graft(topic, state, handle)
+
+    def _gossip(self, topic: bytes, state: _Topic) -> None:
+        """IHAVE of the IDs received within the gossip window to D_lazy peers outside
+        the mesh [GSP-R32]."""
+        now = self._now
+        recent = state.recent
+        if not recent:
+            return
+        horizon = now - self.config.gossip_window
+        ids = [mid for at, mid in recent if at > horizon]
+        while recent and recent[0][0] <= horizon:
+            self._sources.pop(recent.popleft()[1], None)
+        if not ids:
+            return
+        candidates = [
+            h
+            for h in self._topic_peers.get(topic, ())
+            if h not in state.mesh and not self._peers[h].graylisted
+        ]
+        if not candidates:
+            return
+        count = max(self.config.d_lazy, int(self.config.gossip_factor * len(candidates)))
+        for handle in self._shuffled(candidates)[:count]:
+            p = self._peers[handle]
+            mine = [
+                mid
+                for mid in ids
+                if mid not in p.dontwant and handle not in self._sources.get(mid, ())
+            ][-self.config.max_ihave_ids // 2 :]
+            for chunk in _chunks(mine, MAX_IDS):
+                self._send(p, IHAVE, codec.encode({0: IHAVE, 1: topic, 2: chunk}))
+            self.stats["announced_ids"] += len(mine)
+
+    # -- the heartbeat ---------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        now = self._now
+        cfg = self.config
+        self._epoch += 1
+        self.stats["heartbeats"] += 1
+        self.seen.expire(now)
+        self.store.expire(now)
+        if self._dontwant_peers:
+            for handle in list(self._dontwant_peers):
+                p = self._peers[handle]
+                p.dontwant = {m: t for m, t in p.dontwant.items() if t > now}
+                if not p.dontwant:
+                    self._dontwant_peers.pop(handle, None)
+        if self._wants:
+            self._check_wants()
+        if self._penalised:
+            for handle in list(self._penalised):
+                p = self._peers[handle]
+                p.penalty *= cfg.penalty_decay
+                if p.graylisted and p.penalty < cfg.graylist_threshold / 2:
+                    p.graylisted = False  # the session survived: listen again
+                if p.penalty < 0.01:
+                    p.penalty = 0.0
+                    self._penalised.pop(handle, None)
+        if self._syncs:
+            for key, sync in list(self._syncs.items()):
+                if now - sync.started > cfg.sync_timeout:
+                    del self._syncs[key]
+                    self._events.append(
+                        CatchUpDone(key[0], key[1], sync.listed, sync.requested, False)
+                    )
+                elif sync.pending is not None:
+                    self._ask(self._peers[key[0]], key[1], sync)
+        for backoffs in (self._backoff_ours, self._backoff_theirs):
+            if backoffs:
+                for ended in [k for k, until in backoffs.items() if until <= now]:
+                    del backoffs[ended]
+        for topic, state in self._topics.items():
+            self._maintain(topic, state)
+            self._gossip(topic, state)
+
+    def _check_wants(self) -> None:
+        """Broken promises are penalised and the ID asked of the next announcer
+        [GSP-R33]; wants nobody can serve are dropped."""
+        now = self._now
+        cfg = self.config
+        requests: dict[Peer, list[bytes]] = {}
+        broken: dict[Peer, int] = {}
+        for mid, want in list(self._wants.items()):
+            if self._known(mid):
+                del self._wants[mid]
+                continue
+            if want.asked is not None and want.deadline <= now:
+                if want.asked in self._peers:
+                    broken[want.asked] = broken.get(want.asked, 0) + 1
+                if want.asked in want.announcers:
+                    want.announcers.remove(want.asked)
+                want.asked = None
+            if want.asked is None:
+                for handle in want.announcers:
+                    p = self._peers.get(handle)
+                    if p is None or p.graylisted:
+                        continue
+                    self._tick(p)
+                    if p.iwant_out < cfg.max_iwant_ids_out:
+                        p.iwant_out += 1
+                        want.asked = handle
+                        want.deadline = now + cfg.iwant_timeout
+                        requests.setdefault(handle, []).append(mid)
+                        break
+                if want.asked is None and (
+                    not want.announcers or now - want.created > cfg.want_ttl
+                ):
+                    del self._wants[mid]
+        for handle, count in broken.items():
+            p = self._peers[handle]
+            self.stats["rejected_GOSSIP_PROMISE_BROKEN"] += count
+            reason = f"{count} announced messages not delivered in time"
+            code = ErrorCode.GOSSIP_PROMISE_BROKEN
+            self._penalise(p, code, reason, count * cfg.penalty_for(code))
+        for handle, ids in requests.items():
+            self._request(self._peers[handle], ids)
+
+
+def _topic_arg(topic: bytes) -> bytes:
+    topic = bytes(topic)
+    if len(topic) != TOPIC_SIZE:
+        raise ValueError(f"a topic is {TOPIC_SIZE} bytes, not {len(topic)}")
+    return topic
+
+
+def _chunks(items: list[bytes], size: int) -> Iterable[list[codec.Value]]:
+    for i in range(0, len(items), size):
+        chunk: list[codec.Value] = list(items[i : i + size])
+        yield chunk
+
+
+_RX_FRAMES = {kind: f"rx_frames_{name}" for kind, name in KIND_NAMES.items()}
+_RX_BYTES = {kind: f"rx_bytes_{name}" for kind, name in KIND_NAMES.items()}
+_TX_FRAMES = {kind: f"tx_frames_{name}" for kind, name in KIND_NAMES.items()}
+_TX_BYTES = {kind: f"tx_bytes_{name}" for kind, name in KIND_NAMES.items()}
