@@ -1,7 +1,7 @@
 """``python -m bench NAME [options]``: run one benchmark, chosen by name from a table.
 
 A benchmark is a module with ``main(argv) -> int``; add a row to ``BENCHMARKS``
-to add one (``dht``, ``nat``, ``gossip``, ``community``, ``journey`` are planned).
+to add one (``nat``, ``community``, ``journey`` are planned).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "dht": (
         "bench.dht",
         "DHT lookups on the simulator (1,000 and 10,000 nodes) vs the kademlia package",
+    ),
+    "gossip": (
+        "bench.gossip",
+        "gossip on the simulator vs naive push and GossipSub v1.1; real sockets vs py-libp2p",
     ),
 }
 

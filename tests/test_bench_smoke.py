@@ -140,3 +140,30 @@ def test_dht_benchmark_small(tmp_path: Path) -> None:
         assert theirs["n_lookups"] == 20
         assert theirs["maintenance_msgs_per_node_min"] is not None
     assert set(report["targets"]) >= {"recall_static", "latency_ms_p99_static"}
+
+
+def test_gossip_benchmark_small(tmp_path: Path) -> None:
+    """`python -m bench gossip` runs Starling and both baselines on a small network."""
+    out = tmp_path / "gossip.json"
+    args = ["gossip", "--sizes", "150", "--seeds", "1", "--no-real", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["steady", "crash20", "crash50", "crash80"]
+    steady = report["scenarios"][0]
+    assert steady["nodes"] == 150
+    assert steady["coverage"] == 1.0  # every online member got every message
+    assert set(steady["copies_per_delivery"]) == {"200", "16384"}
+    assert steady["control_bytes_per_msg"] > 0
+    assert set(steady["baselines"]) == {"naive_push", "gossipsub"}
+    assert steady["baselines"]["gossipsub"]["coverage"] == 1.0
+    assert report["real"] is None
+    assert any(name.startswith("hops_max") for name in report["targets"])

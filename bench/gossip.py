@@ -1,0 +1,411 @@
+"""``python -m bench gossip``: Starling's gossip beside naive push, GossipSub v1.1 and py-libp2p.
+
+Simulator side (``bench/gossip_models.py`` holds the harness and the baselines):
+per network size and seed, one network with one-way link delays uniform
+10-50 ms, every node holding sessions with about 24 random members; the
+scenarios ``steady`` (no crash), ``crash20``, ``crash50`` and ``crash80`` (that
+fraction of nodes crash at once, their neighbours notice 20-30 s later, and
+messages are published at once). The same harness runs Starling's sans-IO
+core (``proto/gossip.py``, through :class:`StarlingSimCore`), the naive
+"push once to 6 random peers" and the GossipSub v1.1 model, on the same
+networks, workloads and seeds.
+
+Real-socket side: 20 Starling nodes on loopback, in one process, each dialling
+3 random others, one topic, the same D; messages of 200 B and 16 KiB from
+random nodes; latency from ``publish()`` to each other node's delivery, and
+full copies received per delivery. Beside it, py-libp2p's gossipsub on the
+same topology shape (``bench/gossip_libp2p_worker.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from typing import Any
+
+from bench import gossip_libp2p_worker, gossip_models
+from bench.gossip_models import HarnessParams, NodeSetup, message_index
+from starling.proto.gossip import (
+    PUBLISH,
+    Delivered,
+    GossipConfig,
+    GossipNode,
+    message_id,
+    topic_id,
+)
+from starling.proto.identity import PrivateKey
+from starling.proto.network import MAIN_NETWORK_ID
+
+TOPIC = topic_id(MAIN_NETWORK_ID, hashlib.sha256(b"bench community").digest())
+
+TARGETS = {
+    "coverage": 1.0,
+    "latency_ms_p99_1000": 300.0,
+    "copies_per_delivery_16384": 1.5,
+    "copies_per_delivery_200": 3.0,
+    "coverage_by_push_crash50": 0.99,
+    "coverage_after_two_heartbeats_crash50": 1.0,
+}
+
+
+_PUBLISH_HEAD = bytes((0xA2, 0x00, PUBLISH, 0x01))  # a map of 2: type PUBLISH, then key 1
+
+
+def _publish_raw(frame: bytes) -> bytes | None:
+    """The signed message inside a PUBLISH frame (``{0: 10, 1: bytes}``), else None."""
+    if len(frame) < 5 or frame[:4] != _PUBLISH_HEAD:
+        return None
+    head = frame[4]
+    if head == 0x58:
+        start, length = 6, frame[5]
+    elif head == 0x59:
+        start, length = 7, int.from_bytes(frame[5:7], "big")
+    elif 0x40 <= head < 0x58:
+        start, length = 5, head - 0x40
+    else:
+        return None
+    return frame[start : start + length]
+
+
+class _Shared:
+    """What the cores of one run share: message IDs to benchmark indices, payload sizes."""
+
+    def __init__(self, sizes: tuple[int, ...]) -> None:
+        self.index_of: dict[bytes, int] = {}
+        self.sizes = sorted(sizes)
+
+    def payload_size(self, frame_len: int) -> int:
+        # A PUBLISH frame carries exactly one payload of the workload's sizes plus the
+        # envelope (~150 bytes): the largest size not above the frame's length is it.
+        return max((s for s in self.sizes if s <= frame_len), default=0)
+
+
+class StarlingSimCore:
+    """Starling's ``GossipNode`` in the harness: peers are simulator addresses.
+
+    Measurement only, nothing the protocol sees: every PUBLISH frame received
+    is a full copy (``probe.received``), every PUBLISH frame sent carries one
+    payload (``probe.sent_payload``), and a delivery's hop count is the
+    sender's plus one (pushed: the sender was reached by pushes and pushed it).
+    """
+
+    def __init__(self, setup: NodeSetup, shared: _Shared, config: GossipConfig) -> None:
+        self.setup = setup
+        self.me = setup.index
+        self.shared = shared
+        self.index_of = setup.topology.index_of
+        rng = setup.rng
+        self.core = GossipNode(
+            PrivateKey(rng.randbytes(32)), MAIN_NETWORK_ID, rng.randbytes, setup.now, config
+        )
+        self.core.subscribe(TOPIC, setup.now)
+        for peer in setup.peers:
+            self.core.add_peer(peer, setup.now, outbound=peer in setup.outbound)
+
+    # -- the simulator's Core interface -------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        raw = _publish_raw(data)
+        if raw is None:
+            self.core.receive(addr, data, now)
+            self._events(now)
+            return
+        mid = message_id(raw)
+        pulled = mid in self.core._wants  # an answer to our IWANT (measurement only)
+        duplicates = self.core.stats["publish_rx_duplicate"]
+        self.core.receive(addr, data, now)
+        msg = self.shared.index_of.get(mid)
+        if self.core.stats["publish_rx_duplicate"] != duplicates and msg is not None:
+            # A copy we already had still counts, and may be the first to have come
+            # along pushes only (the first one came by pull).
+            probe = self.setup.probe
+            sender = self.index_of[addr]
+            pushed = not pulled and (
+                sender == probe.messages[msg][0] or bool(probe.push_reached[msg][sender])
+            )
+            probe.received(self.me, msg, now, -1, pushed)
+        self._events(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        out = []
+        probe = self.setup.probe
+        for peer, frame in self.core.frames_to_send(now):
+            if frame[:4] == _PUBLISH_HEAD:
+                probe.sent_payload(self.shared.payload_size(len(frame)))
+            out.append((frame, peer))
+        return out
+
+    def get_timer(self) -> float | None:
+        return self.core.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
+        self._events(now)
+
+    # -- the harness's two calls --------------------------------------------------------
+
+    def publish(self, payload: bytes, now: float) -> None:
+        mid = self.core.publish(TOPIC, payload, now)
+        self.shared.index_of[mid] = message_index(payload)
+
+    def peer_down(self, peer: Any, now: float) -> None:
+        self.core.remove_peer(peer, now)
+
+    def mesh_degree(self) -> int:
+        return len(self.core.mesh(TOPIC))
+
+    def _events(self, now: float) -> None:
+        probe = self.setup.probe
+        while (event := self.core.next_event()) is not None:
+            if not isinstance(event, Delivered):
+                continue
+            msg = message_index(event.message.data)
+            sender = self.index_of[event.from_peer]
+            publisher = probe.messages[msg][0]
+            if sender == publisher:
+                hops, pushed = 1, event.via == "push"
+            else:
+                before = probe.hops[msg][sender]
+                hops = before + 1 if before >= 0 else -1
+                pushed = event.via == "push" and bool(probe.push_reached[msg][sender])
+            probe.received(self.me, msg, now, hops, pushed)
+
+
+def starling_factory(config: GossipConfig | None = None, params: HarnessParams | None = None):  # type: ignore[no-untyped-def]
+    """A harness core factory for Starling's gossip (one shared table per run)."""
+    config = config or GossipConfig()
+    sizes = (params or HarnessParams()).sizes
+    shared: dict[int, _Shared] = {}
+
+    def factory(setup: NodeSetup) -> StarlingSimCore:
+        table = shared.setdefault(id(setup.probe), _Shared(sizes))
+        return StarlingSimCore(setup, table, config)
+
+    return factory
+
+
+# ----------------------------------------------------------------------------- real sockets
+
+
+async def _real_starling(params: dict[str, Any]) -> dict[str, Any]:
+    from starling.node.gossip import GossipService
+    from starling.node.session import Node, NodeConfig
+
+    n, dial, seed = params["nodes"], params["dial"], params["seed"]
+    rng = random.Random(seed)
+    config = GossipConfig(
+        d=params["degree"], d_low=params["degree_low"], d_high=params["degree_high"]
+    )
+    nodes = [await Node.start(PrivateKey(rng.randbytes(32)), NodeConfig()) for _ in range(n)]
+    services = [GossipService(node, config) for node in nodes]
+    loop = asyncio.get_running_loop()
+    published: dict[bytes, tuple[float, int, int]] = {}  # id -> (time, publisher, size)
+    latencies: list[float] = []
+    firsts: dict[int, int] = {}
+    copies: dict[int, int] = {}
+    delivered: set[tuple[bytes, int]] = set()
+
+    def on_event(i: int, event: object) -> None:
+        if isinstance(event, Delivered) and event.message_id in published:
+            t0, _, size = published[event.message_id]
+            latencies.append((loop.time() - t0) * 1000.0)
+            firsts[size] = firsts.get(size, 0) + 1
+            delivered.add((event.message_id, i))
+
+    def counting(i: int, receive: Any) -> Any:
+        def wrapped(peer: Any, frame: bytes, now: float) -> None:
+            raw = _publish_raw(frame)
+            if raw is not None:
+                size = 16384 if len(raw) > 16384 else 200
+                copies[size] = copies.get(size, 0) + 1
+            receive(peer, frame, now)
+
+        return wrapped
+
+    try:
+        for i, svc in enumerate(services):
+            svc.add_listener(lambda e, i=i: on_event(i, e))
+            svc.core.receive = counting(i, svc.core.receive)  # type: ignore[method-assign]
+            svc.subscribe(TOPIC)
+        pairs: set[tuple[int, int]] = set()
+        for i in range(n):
+            for j in rng.sample([x for x in range(n) if x != i], dial):
+                if (i, j) not in pairs and (j, i) not in pairs:
+                    pairs.add((i, j))
+        await asyncio.gather(
+            *(nodes[i].connect(nodes[j].addresses[0], peer_id=nodes[j].peer_id) for i, j in pairs)
+        )
+        await asyncio.sleep(params["settle_s"])
+        sizes = params["sizes"]
+        start = loop.time()
+        for k in range(params["messages"]):
+            await asyncio.sleep(max(0.0, start + k * params["interval_s"] - loop.time()))
+            size = sizes[k % len(sizes)]
+            p = rng.randrange(n)
+            published_at = loop.time()
+            mid = services[p].publish(TOPIC, os.urandom(size))
+            published[mid] = (published_at, p, size)
+        await asyncio.sleep(params["drain_s"])
+    finally:
+        for svc in services:
+            await svc.close()
+        for node in nodes:
+            await node.close()
+    latencies.sort()
+    expected = len(published) * (n - 1)
+
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
+        return latencies[min(len(latencies) - 1, max(0, math.ceil(q * len(latencies)) - 1))]
+
+    return {
+        "latency_ms_p50": pct(0.50),
+        "latency_ms_p99": pct(0.99),
+        "copies_per_delivery": {
+            str(s): copies.get(s, 0) / firsts[s] if firsts.get(s) else None for s in sizes
+        },
+        "coverage": len(delivered) / expected if expected else None,
+        "params": params,
+    }
+
+
+def real(quick: bool) -> dict[str, Any]:
+    params = dict(gossip_libp2p_worker.QUICK if quick else gossip_libp2p_worker.DEFAULTS)
+    return {
+        "starling": asyncio.run(_real_starling(params)),
+        "py_libp2p": gossip_libp2p_worker.run(params),
+    }
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def check_targets(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in scenarios:
+        n = s["nodes"]
+        tag = f"{s['name']}_{n}"
+        out[f"coverage_{tag}"] = {
+            "value": s["coverage"],
+            "target": ">= 1.0",
+            "met": s["coverage"] is not None and s["coverage"] >= 1.0,
+        }
+        hop_limit = math.ceil(math.log(n, 5)) + 2
+        if s["name"] == "steady":
+            out[f"hops_max_{tag}"] = {
+                "value": s["hops_max"],
+                "target": f"<= {hop_limit}",
+                "met": s["hops_max"] is not None and s["hops_max"] <= hop_limit,
+            }
+            for size, limit in (("16384", 1.5), ("200", 3.0)):
+                v = s["copies_per_delivery"].get(size)
+                out[f"copies_per_delivery_{size}_{tag}"] = {
+                    "value": v,
+                    "target": f"<= {limit}",
+                    "met": v is not None and v <= limit,
+                }
+            if n == 1000:
+                v = s["latency_ms_p99"]
+                out[f"latency_ms_p99_{tag}"] = {
+                    "value": v,
+                    "target": "<= 300",
+                    "met": v is not None and v <= 300,
+                }
+        if s["name"] == "crash50":
+            v = s["coverage_by_push"]
+            out[f"coverage_by_push_{tag}"] = {
+                "value": v,
+                "target": ">= 0.99",
+                "met": v is not None and v >= 0.99,
+            }
+            v = s["coverage_after_two_heartbeats"]
+            out[f"coverage_after_two_heartbeats_{tag}"] = {
+                "value": v,
+                "target": ">= 1.0",
+                "met": v is not None and v >= 1.0,
+            }
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench gossip", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the JSON report here ('-': stdout)")
+    parser.add_argument("--quick", action="store_true", help="1,000 nodes, 1 seed, short phases")
+    parser.add_argument("--sizes", default=None, help="comma-separated network sizes")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default 5)")
+    parser.add_argument("--no-baselines", action="store_true", help="Starling only")
+    parser.add_argument("--no-real", action="store_true", help="skip the real-socket part")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000")).split(",")]
+    seeds = list(range(1, 1 + (args.seeds or (1 if args.quick else 5))))
+    params = HarnessParams.quick() if args.quick and min(sizes) < 1000 else HarnessParams()
+    log = sys.stderr
+    scenarios: list[dict[str, Any]] = []
+    wall0 = time.perf_counter()
+    for n in sizes:
+        print(f"starling gossip, {n} nodes, seeds {seeds}", file=log, flush=True)
+        ours = gossip_models.run_model(
+            starling_factory(GossipConfig(), params),
+            n,
+            seeds,
+            params=params,
+            log=log,
+            label="starling",
+        )
+        theirs = (
+            {}
+            if args.no_baselines
+            else gossip_models.run_baselines(n, seeds, params=params, log=log)
+        )
+        for k, entry in enumerate(ours):
+            entry["baselines"] = {name: runs[k] for name, runs in theirs.items()}
+            scenarios.append(entry)
+    report: dict[str, Any] = {
+        "benchmark": "gossip",
+        "scenarios": scenarios,
+        "real": None if args.no_real else real(args.quick),
+        "targets": check_targets(scenarios),
+        "params": {
+            "harness": params.as_dict(),
+            "starling": {
+                k: getattr(GossipConfig(), k)
+                for k in ("d", "d_low", "d_high", "d_lazy", "heartbeat", "eager_degree")
+            },
+            "gossipsub": gossip_models.GOSSIPSUB_V11.as_dict(),
+            "seeds": seeds,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "wall_s": time.perf_counter() - wall0,
+        },
+    }
+    text = json.dumps(report, indent=2)
+    if args.json == "-":
+        print(text)
+    elif args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    for name, check in report["targets"].items():
+        state = "met" if check["met"] else "MISSED"
+        print(f"target {name:<44} {check['value']!s:>24} ({check['target']}): {state}", file=log)
+    if report["real"]:
+        for side, figures in report["real"].items():
+            keys = ("latency_ms_p50", "latency_ms_p99", "copies_per_delivery", "coverage")
+            print(f"real {side:<10} " + ", ".join(f"{k} {figures.get(k)}" for k in keys), file=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
