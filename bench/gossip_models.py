@@ -912,6 +912,7 @@ class RunData:
     deliveries_by_size: dict[int, int]
     coverage_at: dict[float, list[float]]  # time after publish -> per-message fractions
     by_push: list[float]  # per message: fraction reached by a path of eager pushes only
+    by_push_by_size: dict[int, list[float]]  # the same, by payload size
     control_bytes: int
     payload_bytes: int
     bytes_sent: int
@@ -1061,6 +1062,7 @@ def _measure(
     delivered_by_size: dict[int, int] = {}
     coverage_at: dict[float, list[float]] = {t: [] for t in params.coverage_times_s}
     by_push: list[float] = []
+    by_push_by_size: dict[int, list[float]] = {}
     reachable: list[float] = []
     sizes: dict[int, int] = {}
     for c in component:
@@ -1091,6 +1093,7 @@ def _measure(
         copies[size] = copies.get(size, 0) + probe.copies[m]
         delivered_by_size[size] = delivered_by_size.get(size, 0) + len(got)
         by_push.append(sum(push_row[v] for v in receivers) / n_recv)
+        by_push_by_size.setdefault(size, []).append(by_push[-1])
         reachable.append((sizes[component[publisher]] - 1) / n_recv)
         for t, fractions in coverage_at.items():
             if t_pub + t <= end + 1e-9:
@@ -1105,6 +1108,7 @@ def _measure(
         "deliveries_by_size": delivered_by_size,
         "coverage_at": coverage_at,
         "by_push": by_push,
+        "by_push_by_size": by_push_by_size,
         "reachable": reachable,
     }
 
@@ -1193,6 +1197,9 @@ def summarize(runs: list[RunData], params: HarnessParams | None = None) -> dict[
         "coverage_over_time": over_time,
         "coverage_over_time_min": over_time_min,
         "coverage_by_push": _mean([f for r in runs for f in r.by_push]),
+        "coverage_by_push_by_size": {
+            str(s): _mean([f for r in runs for f in r.by_push_by_size.get(s, [])]) for s in sizes
+        },
         "coverage_after_two_heartbeats": _mean(after_two),
         # the ceiling of any protocol without new sessions: receivers with a path of live
         # sessions from the publisher (below 1 only when a crash cut survivors off)

@@ -650,6 +650,7 @@ class GossipConfig:
     gossip_factor: float = 0.25
     gossip_window: float = 1.0  # IDs received this recently are announced at a heartbeat
     heartbeat: float = 1.0
+    flood_publish: bool = True  # own messages to every topic peer, not only the mesh [GSP-R23]
     # Eager push: how many mesh peers get the body of a forwarded message; the other
     # mesh peers get an IHAVE at once [GSP-R23]. None: all of them. Large messages are
     # announced and pulled, not pushed, by default: one copy per node instead of about
@@ -1083,7 +1084,9 @@ class GossipNode:
         self.seen.add(message.id, _ACCEPTED, now)
         self.store.add(message, now)
         self.stats["published"] += 1
-        if state is not None and state.mesh:
+        if self.config.flood_publish:  # every topic peer: one hop fewer for most members
+            targets = list(self._topic_peers.get(topic, ()))
+        elif state is not None and state.mesh:
             targets = list(state.mesh)
         else:  # no mesh (yet): up to D peers of the topic
             targets = self._shuffled(self._topic_peers.get(topic, ()))[: self.config.d]

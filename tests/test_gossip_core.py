@@ -407,6 +407,21 @@ def test_own_messages_go_to_every_mesh_peer() -> None:
     assert node.store.get(mid) is not None
 
 
+def test_own_messages_flood_to_every_topic_peer_unless_configured_off() -> None:
+    """Flood publishing [GSP-R23]: topic peers outside the mesh get own messages too."""
+    for flood, expected in ((True, ["a", "b", "x", "y"]), (False, ["a", "b"])):
+        node = lone_node(GossipConfig(flood_publish=flood))
+        with_peers(node, "a", "b")  # grafted: the mesh
+        for peer in ("x", "y"):  # subscribed, not in the mesh
+            node.add_peer(peer, 0.0, outbound=False)
+            node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+        node.frames_to_send(0.0)
+        assert node.mesh(TOPIC) == {"a", "b"}
+        node.publish(TOPIC, b"mine", 0.0)
+        sent = [(dst, f) for dst, f in node.frames_to_send(0.0) if decode_message(f)[0] == PUBLISH]
+        assert sorted(dst for dst, _ in sent) == expected  # type: ignore[type-var]
+
+
 def test_a_late_joiner_catches_up_through_sync_and_iwant() -> None:
     net = random_network(12, 4)
     net.run(5.0)
@@ -494,7 +509,7 @@ def test_lazy_pull_covers_a_node_outside_the_mesh() -> None:
     # The publisher and a watcher share no mesh: the watcher only hears an IHAVE at the
     # heartbeat and pulls the message.
     net = Net()
-    no_mesh = GossipConfig(d=0, d_low=0, d_high=0, d_out=0)
+    no_mesh = GossipConfig(d=0, d_low=0, d_high=0, d_out=0, flood_publish=False)
     net.add("pub", no_mesh)
     watcher = net.add("watch", no_mesh)
     net.connect("pub", "watch")
