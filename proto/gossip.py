@@ -648,7 +648,13 @@ class GossipConfig:
     d_out: int = 2  # outbound peers kept in a mesh
     d_lazy: int = 6  # non-mesh peers sent IHAVE at each heartbeat
     gossip_factor: float = 0.25
-    gossip_window: float = 1.0  # IDs received this recently are announced at a heartbeat
+    gossip_window: float = 3.0  # IDs received this recently are announced at a heartbeat
+    # Anti-entropy [GSP-R63]: every this many heartbeats (None: never), a catch-up with
+    # one topic peer (one heard from within ``sync_alive`` if there is one) for what it
+    # holds from the last ``sync_window`` seconds.
+    sync_every: int | None = 10
+    sync_window: float = 120.0
+    sync_alive: float = 5.0
     heartbeat: float = 1.0
     flood_publish: bool = True  # own messages to every topic peer, not only the mesh [GSP-R23]
     # Eager push: how many mesh peers get the body of a forwarded message; the other
@@ -733,6 +739,7 @@ class _Peer:
         "epoch",
         "graylisted",
         "handle",
+        "heard",
         "hint",
         "ihave_ids",
         "ihave_msgs",
@@ -758,6 +765,7 @@ class _Peer:
         self.tokens = burst
         self.refilled = now
         self.hint: bytes | None = None
+        self.heard = now  # when a frame last came from this peer
         self.dontwant: dict[bytes, float] = {}
         self.served: dict[bytes, int] = {}
         self.served_reset = now
@@ -838,6 +846,8 @@ class GossipNode:
         self._rand = rand
         self._now = now
         self._epoch = 0
+        # Nodes run their anti-entropy at different heartbeats, not all at once.
+        self._sync_phase = int.from_bytes(rand(2), "big") % (cfg.sync_every or 1)
         self._next_heartbeat = now + cfg.heartbeat
         self._peers: dict[Peer, _Peer] = {}
         self._topics: dict[bytes, _Topic] = {}  # the topics we subscribe to
@@ -914,6 +924,7 @@ class GossipNode:
         if p.graylisted:  # [GSP-R52]
             self.stats["rejected_GOSSIP_GRAYLISTED"] += 1
             return
+        p.heard = now
         size = len(frame)
         self.stats["rx_frames"] += 1
         self.stats["rx_bytes"] += size
@@ -1678,6 +1689,26 @@ class GossipNode:
         for topic, state in self._topics.items():
             self._maintain(topic, state)
             self._gossip(topic, state)
+        every = cfg.sync_every
+        if every and (self._epoch + self._sync_phase) % every == 0:
+            self._anti_entropy()
+
+    def _anti_entropy(self) -> None:
+        """A catch-up with one live topic peer per topic [GSP-R63]: what pushes and
+        IHAVEs missed (a crash cut the mesh, an IHAVE window passed) is pulled here."""
+        now, cfg = self._now, self.config
+        since = max(0, self._wall_ms() - int(cfg.sync_window * 1000))
+        for topic in self._topics:
+            peers = [
+                h
+                for h in self._topic_peers.get(topic, ())
+                if not self._peers[h].graylisted and (h, topic) not in self._syncs
+            ]
+            # Peers heard from lately first: after a crash, most silent ones are dead.
+            alive = [h for h in peers if now - self._peers[h].heard <= cfg.sync_alive] or peers
+            if alive:
+                self.stats["anti_entropy"] += 1
+                self.catch_up(self._shuffled(alive)[0], topic, since, now)
 
     def _check_wants(self) -> None:
         """Broken promises are penalised and the ID asked of the next announcer

@@ -468,7 +468,7 @@ def test_a_node_offline_for_some_messages_catches_up_on_reconnection() -> None:
 
 
 def test_catch_up_pages_through_a_long_history() -> None:
-    config = GossipConfig(sync_page=7)
+    config = GossipConfig(sync_page=7, sync_every=None)  # only the catch-up asked for
     net = Net()
     old = net.add("old", config)
     for i in range(23):
@@ -484,6 +484,25 @@ def test_catch_up_pages_through_a_long_history() -> None:
     assert [e for e in net.events["new"] if isinstance(e, CatchUpDone)] == [
         CatchUpDone("old", TOPIC, 23, 23, True)
     ]
+
+
+def test_anti_entropy_pulls_what_push_and_ihave_missed() -> None:
+    """A mesh peer whose push was lost hears no IHAVE for it (IHAVE goes outside the
+    mesh); the periodic catch-up with a live peer pulls it [GSP-R63]."""
+    for every, expected in ((10, 1), (None, 0)):
+        net = Net()
+        net.add("a", GossipConfig(sync_every=every))
+        b = net.add("b", GossipConfig(sync_every=every))
+        net.connect("a", "b")
+        net.run(2.0)
+        assert net.nodes["a"].mesh(TOPIC) == {"b"}
+        net.nodes["a"].publish(TOPIC, b"lost on the way", net.now)
+        net.nodes["a"].frames_to_send(net.now)  # the push is lost
+        net.run(12.0)  # more than ten heartbeats
+        assert len(net.delivered("b")) == expected
+        if every:
+            assert b.stats["anti_entropy"] >= 1
+            assert net.delivered("b")[0].via == "sync"
 
 
 def test_a_long_catch_up_is_paced_within_the_peers_limits() -> None:
