@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import starling.proto
-from starling.proto import codec, dht, gossip, identity
+from starling.proto import codec, dht, gossip, identity, nat
 from starling.proto import session as ses
 from starling.proto.errors import ErrorCode, StarlingError
 from starling.proto.network import network_id
@@ -4193,6 +4193,1346 @@ SPEC_GOSSIP = {
 }
 
 
+# ----------------------------------------------------------------------------- nat suite
+# 04-nat-traversal.md: the messages of its four contexts, probe keys and MACs, vouchers,
+# observed-address confirmation, dial-back addresses, relay admission, circuits and
+# forwarding limits, punch timing and the relay entries of peer records. Valid vectors are
+# built here from the spec: bytes with cbor2, hmac, cryptography's HKDF and libsodium,
+# decisions with small models of the spec's rules written below. Live cores of
+# starling.proto.nat (RelayCore, RelayStream, Puncher, Reachability, DialBackServer,
+# PathProbes), their randomness scripted, must send the same bytes in the same situations
+# (flag Live) and starling.proto.nat must reach the same verdicts; any disagreement aborts.
+
+NAT_NOTES = {
+    "SpecExample": "Taken from a worked example of 04-nat-traversal.md, hard-coded here from "
+    "the spec.",
+    "Seeded": 'Keys, IDs or bytes derived from seeds SHA-256("starling-vectors/" + label).',
+    "Live": "The bytes a live core of the reference implementation sent in the situation the "
+    "comment describes.",
+    "Boundary": "A value at the edge of its range: 8 candidates, round 3, a packet of 1 or "
+    "1500 bytes, a data limit reached exactly, a cap reached exactly.",
+    "Ipv6": "An IPv6 address where most vectors use IPv4.",
+    "Extension": "A message or payload carrying an unknown odd key, which every node ignores "
+    "(and, under a MAC or signature, keeps in the authenticated bytes).",
+    "Extensibility": "The even/odd rule for message types (00-conventions 5.4).",
+    "Structure": "Not the structure of its field table: a missing field, a field of the wrong "
+    "type or size, an unknown even key, an address that is not one.",
+    "NotWellFormed": "Not well-formed CBOR, or CBOR outside the profile.",
+    "Limits": "A size limit or a cap of 04-nat-traversal.md.",
+    "Forged": "A MAC or signature that does not hold over what the verifier reconstructs: "
+    "bytes changed after authentication, another key, another session.",
+    "Reflected": "A probe presented to its own sender: it is checked under the other "
+    "direction's key and fails.",
+    "WrongDomain": "Signed under another signature domain than starling/relay-voucher/1: "
+    "domain separation must make it fail.",
+    "LaxVerifies": "The signature satisfies the Ed25519 equation but breaks a pinned rule of "
+    "01-identity section 5 (S >= L); Starling rejects it.",
+    "Expired": "A voucher at or past its expiry.",
+    "Mismatch": "A voucher of another relay, or for another peer, than the verifier expects.",
+    "Amplification": "A dial-back aimed at another IP than the requester's own: refused, so "
+    "nobody can make a helper send to a third party.",
+    "Network": "A network other than the public one.",
+    "Prefix": "Reporters or helpers in one IPv4 /24 or IPv6 /48, which count once.",
+    "Expiry": "Reports older than their 600-second lifetime, which count for nothing.",
+    "Rounds": "A punch round after the first: roles swapped, its own RTT.",
+}
+
+NAT_RELAY_SEED = bytes.fromhex(RFC8032[1][1])  # the relay of the spec's voucher example
+NAT_PEER_SEED = bytes.fromhex(RFC8032[0][1])  # the holder: 01-identity's running example
+NAT_EXPIRES = 1_700_003_600
+NAT_NOW = 1_700_000_000
+NAT_SESSION = {  # 02-secure-session section 8.5: the keys of the probe example
+    "h": "c75ede54110c01d52ec2bc3ab1b14a0f927e58dcfe52c7affa08bb95125f4708",
+    "k1": "dff3528565acdc10f0f1f626005dfe7c054965be0f42b708570c67691c53af34",
+    "k2": "3605b6634260499326e319610beb0c8127213d8d96f146edca88ce91da1d2da6",
+}
+NAT_LIMITS = codec.DecodeLimits(max_size=1024, max_depth=4)
+NAT_VOUCHER_DOMAIN = "starling/relay-voucher/1"
+NAT_DEFAULTS = {  # the RECOMMENDED relay values of 04-nat-traversal.md 2.1
+    "reservationTtl": 3600, "circuitDuration": 1800, "circuitData": 64 << 20,
+    "maxReservations": 128, "maxReservationsPerIp": 4, "maxCircuits": 256,
+    "maxCircuitsPerPeer": 16,
+}  # fmt: skip
+NAT_PROTOCOLS = {
+    "control": nat.Protocol.CONTROL,
+    "relay": nat.Protocol.RELAY,
+    "punch": nat.Protocol.PUNCH,
+    "dial-back": nat.Protocol.DIAL_BACK,
+}
+
+
+def nat_hkdf(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 by the `cryptography` package (04-nat-traversal.md 5.1)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def nat_probe_keys(h: bytes, k1: bytes, k2: bytes) -> tuple[bytes, bytes, bytes]:
+    """Session tag and the two probe keys, from 04-nat-traversal.md 5.1."""
+    return (
+        nat_hkdf(h, k1 + k2, b"starling/probe-tag/1", 8),
+        nat_hkdf(h, k1, b"starling/probe/1", 32),
+        nat_hkdf(h, k2, b"starling/probe/1", 32),
+    )
+
+
+def nat_probe(
+    key: bytes,
+    network: bytes,
+    kind: int,
+    tag: bytes,
+    nonce: bytes,
+    addr: object,
+    extra: dict[int, object] | None = None,
+) -> bytes:
+    """A probe built with cbor2 and hmac from 04-nat-traversal.md 5.2."""
+    body: dict[int, object] = {0: kind, 1: tag, 2: nonce, 3: addr, **(extra or {})}
+    header = b"\x0c\x01" + network
+    mac = hmac.new(key, header + cbor2.dumps(body, canonical=True), hashlib.sha256).digest()
+    return header + cbor2.dumps({**body, 4: mac[:16]}, canonical=True)  # fmt: skip
+
+
+def nat_frame(message: object) -> bytes:
+    frame = codec.encode(message)  # type: ignore[arg-type]
+    if frame != cbor2.dumps(message, canonical=True):
+        abort(f"NAT message {message!r}: our encoding differs from cbor2's canonical one")
+    return frame
+
+
+def nat_voucher(
+    relay_seed: bytes, payload: object, *, domain: str = NAT_VOUCHER_DOMAIN, raw: bool = False
+) -> bytes:
+    """A voucher built with cbor2 and libsodium (04-nat-traversal.md 6.3)."""
+    data = payload if raw else cbor2.dumps(payload, canonical=True)
+    assert isinstance(data, bytes)
+    signature = nacl_sign(relay_seed, domain, data)
+    return cbor2.dumps({1: ed25519_public(relay_seed), 2: data, 3: signature}, canonical=True)
+
+
+def nat_addr(addr: tuple[str, int]) -> Json:
+    return {"ip": ip_packed(addr[0]).hex(), "port": addr[1]}
+
+
+def nat_relay_config(config: Json) -> nat.RelayConfig:
+    return nat.RelayConfig(
+        reservation_ttl=config["reservationTtl"],
+        circuit_duration=config["circuitDuration"],
+        circuit_data=config["circuitData"],
+        max_reservations=config["maxReservations"],
+        max_reservations_per_ip=config["maxReservationsPerIp"],
+        max_circuits=config["maxCircuits"],
+        max_circuits_per_peer=config["maxCircuitsPerPeer"],
+    )
+
+
+def live_nat() -> dict[str, bytes]:
+    """What live cores of starling.proto.nat send, by name, in the situations of the
+    message vectors."""
+    out: dict[str, bytes] = {}
+    relay_key = identity.PrivateKey(NAT_RELAY_SEED)
+    relay_id = relay_key.peer_id.raw
+    target = peer_id_of(NAT_PEER_SEED)
+    source = peer_id_of(seed("nat/source"))
+    # A target reserves on a relay whose clock reads NAT_NOW.
+    core = nat.RelayCore(relay_key, 0.0, epoch_offset=NAT_NOW)
+    stream, out["reserve"] = nat.RelayStream.reserve(relay_id, target)
+    core.accept_stream("t", target, "198.51.100.10", 0.0)
+    core.receive("t", out["reserve"], 0.0)
+    send, _ = core.actions(0.0)
+    assert isinstance(send, nat.Send)
+    out["reservation"] = send.data
+    granted = stream.receive(send.data, NAT_NOW)
+    if not isinstance(granted, nat.Reservation) or granted.expires != NAT_EXPIRES:
+        abort("the live reservation is not the spec's")
+    # A source connects; the target accepts; a packet crosses.
+    client, out["connect"] = nat.RelayStream.connect(relay_id, source, target)
+    core.accept_stream("s", source, "203.0.113.50", 1.0)
+    core.receive("s", out["connect"], 1.0)
+    (opened,) = core.actions(1.0)
+    assert isinstance(opened, nat.Open)
+    out["incoming"] = opened.data
+    offered = nat.RelayStream.offered(relay_id, target)
+    offered.receive(opened.data, NAT_NOW)
+    out["status-accept"] = offered.accept()
+    core.receive(opened.stream, out["status-accept"], 1.1)
+    (ready,) = core.actions(1.1)
+    assert isinstance(ready, nat.Send)
+    out["status-open"] = ready.data
+    if not isinstance(client.receive(ready.data, NAT_NOW), nat.CircuitReady):
+        abort("the live source did not see its circuit open")
+    # A CONNECT to a peer without a reservation, and a second RESERVE from the target's IP
+    # on a relay that allows one reservation per IP.
+    core.accept_stream("x", source, "203.0.113.50", 2.0)
+    core.receive("x", nat.encode_connect(peer_id_of(seed("nat/nobody"))), 2.0)
+    refusal, _ = core.actions(2.0)
+    assert isinstance(refusal, nat.Send)
+    out["status-no-reservation"] = refusal.data
+    tight = nat.RelayCore(relay_key, 0.0, nat.RelayConfig(max_reservations_per_ip=1), NAT_NOW)
+    for n, peer in enumerate((target, source)):
+        tight.accept_stream(n, peer, "198.51.100.10", 0.0)
+        tight.receive(n, nat.encode_reserve(), 0.0)
+    out["status-ip-limit"] = tight.actions(0.0)[2].data  # type: ignore[union-attr]
+    # A punch: the initiator (the circuit's target) and the responder (its source).
+    h, k1, k2 = (bytes.fromhex(NAT_SESSION[k]) for k in ("h", "k1", "k2"))
+    keys = nat.ProbeKeys.derive(h, k1, k2)
+    main_net = network_id("starling")
+    paths_i = nat.PathProbes(keys, ses.Role.RESPONDER, main_net, ScriptedRng("nat/i"), 0.0)
+    paths_r = nat.PathProbes(keys, ses.Role.INITIATOR, main_net, ScriptedRng("nat/r"), 0.0)
+    init = paths_i.start_punch(True, [("198.51.100.10", 4000), ("10.1.0.10", 4000)], 0.0)
+    resp = paths_r.start_punch(False, [("203.0.113.50", 4000)], 0.0)
+    (out["punch-connect"],) = init.frames_to_send()
+    resp.receive(out["punch-connect"], 0.04)
+    (out["punch-answer"],) = resp.frames_to_send()
+    init.receive(out["punch-answer"], 0.08)
+    (out["punch-sync"],) = init.frames_to_send()
+    # A dial-back: the requester asks, the helper probes, or refuses another IP.
+    reach = nat.Reachability(ScriptedRng("nat/dial", seeded_bytes("nat/dial-nonce", 16)), 0.0)
+    out["dial-request"] = reach.request_dial_back(
+        relay_id, ("203.0.113.10", 4000), ("198.51.100.10", 4000), 0.0
+    )
+    helper = nat.DialBackServer(main_net, 0.0)
+    reply = helper.handle(out["dial-request"], ("198.51.100.10", 4000), 0.0)
+    assert reply.probe is not None
+    out["dial-response"] = reply.response
+    out["dial-back"] = reply.probe[6:]
+    other_ip = nat.encode_dial_request(seeded_bytes("nat/dial-nonce", 16), ("203.0.113.99", 4000))
+    out["dial-refused"] = helper.handle(other_ip, ("198.51.100.10", 4000), 0.0).response
+    if not reach.receive_probe(reply.probe, ("203.0.113.10", 4001), 0.1):
+        abort("the live requester did not accept its dial-back probe")
+    return out
+
+
+def nat_suite() -> VectorFile:
+    vf = VectorFile("nat", "04-nat-traversal.md", NAT_NOTES)
+    main_net, lab_net = network_id("starling"), network_id("starling-lab")
+    relay_id, holder = peer_id_of(NAT_RELAY_SEED), peer_id_of(NAT_PEER_SEED)
+    source = peer_id_of(seed("nat/source"))
+    live = live_nat()
+    spec_voucher = nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: holder, 3: NAT_EXPIRES})
+    if spec_voucher.hex() != SPEC_NAT["voucher"]:
+        abort("04-nat-traversal.md 6.3: the voucher example differs")
+    a4, a6 = address_value(("198.51.100.10", 4000)), address_value(("2001:db8::10", 4000))
+    lan = address_value(("10.1.0.10", 4000))
+    candidates8 = [address_value((f"192.0.2.{i}", 4000 + i)) for i in range(1, 9)]
+    nonce16 = seeded_bytes("nat/dial-nonce", 16)
+
+    # -- messages ----------------------------------------------------------------------------
+    tests = vf.group(
+        "nat-message",
+        "Encode input.message, a message of context input.protocol (control: the body of a "
+        "control datagram; relay, punch, dial-back: one frame of starling/relay/1, "
+        "starling/punch/1, starling/dial-back/1) given as a typed value, canonically: the "
+        "result must be expected.frame. Then decode expected.frame in that context "
+        "(04-nat-traversal.md 3): it must be accepted and give input.message back.",
+    )
+    voucher_live = cbor2.loads(live["reservation"])[4]
+    # (comment, protocol, message, live name or None, flags, requirement)
+    # fmt: off
+    messages: list[tuple[str, str, dict[int, object], str | None, list[str], str]] = [
+        ("RESERVE", "relay", {0: 2}, "reserve", ["Live"], "NAT-R31"),
+        ("04-nat-traversal.md 6.3: RESERVATION until 1700003600 with the recommended limits "
+         "and the example's voucher", "relay",
+         {0: 4, 1: NAT_EXPIRES, 2: 1800, 3: 64 << 20, 4: spec_voucher}, "reservation",
+         ["SpecExample", "Live"], "NAT-R32"),
+        ("CONNECT to the reservation's holder", "relay", {0: 6, 1: holder}, "connect", ["Live"],
+         "NAT-R34"),
+        ("INCOMING from the source, with the circuit's limits", "relay",
+         {0: 8, 1: source, 2: 1800, 3: 64 << 20}, "incoming", ["Live", "Seeded"], "NAT-R34"),
+        ("STATUS 0: the target accepts", "relay", {0: 10, 1: 0}, "status-accept", ["Live"],
+         "NAT-R34"),
+        ("STATUS 0 with the limits: the relay opens the circuit", "relay",
+         {0: 10, 1: 0, 2: 1800, 3: 64 << 20}, "status-open", ["Live"], "NAT-R34"),
+        ("STATUS NAT_RELAY_NO_RESERVATION (0x0733)", "relay", {0: 10, 1: 0x0733},
+         "status-no-reservation", ["Live"], "NAT-R34"),
+        ("STATUS NAT_RELAY_IP_LIMIT (0x0732)", "relay", {0: 10, 1: 0x0732}, "status-ip-limit",
+         ["Live"], "NAT-R31"),
+        ("punch CONNECT, round 1, the initiator's two candidates", "punch",
+         {0: 2, 1: 1, 2: [a4, lan]}, "punch-connect", ["Live"], "NAT-R43"),
+        ("punch CONNECT, the responder's answer", "punch",
+         {0: 2, 1: 1, 2: [address_value(("203.0.113.50", 4000))]}, "punch-answer", ["Live"],
+         "NAT-R41"),
+        ("punch SYNC, round 1", "punch", {0: 4, 1: 1}, "punch-sync", ["Live"], "NAT-R41"),
+        ("punch CONNECT, round 3, 8 candidates", "punch", {0: 2, 1: 3, 2: candidates8}, None,
+         ["Boundary", "Rounds"], "NAT-R43"),
+        ("punch CONNECT of round 2 without candidates", "punch", {0: 2, 1: 2, 2: []},
+         None, ["Rounds"], "NAT-R43"),
+        ("punch CONNECT with an IPv6 candidate", "punch", {0: 2, 1: 1, 2: [a6]}, None,
+         ["Ipv6"], "NAT-R43"),
+        ("DIAL_REQUEST for 198.51.100.10:4000", "dial-back", {0: 2, 1: nonce16, 2: a4},
+         "dial-request", ["Live", "Seeded"], "NAT-R13"),
+        ("DIAL_RESPONSE 0 with the observed address", "dial-back", {0: 4, 1: 0, 2: a4},
+         "dial-response", ["Live"], "NAT-R14"),
+        ("DIAL_RESPONSE NAT_DIAL_BACK_ADDRESS (0x0710) for a request naming 203.0.113.99",
+         "dial-back", {0: 4, 1: 0x0710, 2: a4}, "dial-refused", ["Live", "Amplification"],
+         "NAT-R13"),
+        ("DIAL_BACK control body", "control", {0: 36, 1: nonce16}, "dial-back", ["Live"],
+         "NAT-R13"),
+    ]
+    # fmt: on
+    if voucher_live != spec_voucher:
+        abort("the live relay's voucher is not the spec's")
+    for comment, protocol, message, live_name, flags, requirement in messages:
+        frame = nat_frame(message)
+        if live_name is not None and live[live_name] != frame:
+            abort(f"{comment}: the live core sent {live[live_name].hex()}, not {frame.hex()}")
+        kind, fields = nat.decode_message(NAT_PROTOCOLS[protocol], frame)
+        if kind != message[0] or fields is None:
+            abort(f"{comment}: decode_message does not accept it")
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"protocol": protocol, "message": typed(message)},
+               expected={"frame": frame.hex()})  # fmt: skip
+    if live["reservation"].hex()[:32] != SPEC_NAT["reservation-head"]:
+        abort("04-nat-traversal.md 6.3: the RESERVATION's head differs")
+
+    # -- decoding -----------------------------------------------------------------------------
+    tests = vf.group(
+        "nat-decode",
+        "Decode input.frame as a message of context input.protocol (04-nat-traversal.md 3): "
+        "at most 1024 bytes, depth 4, no tags, a typed message of that context, its field "
+        "table, then its addresses (3.3). Valid: expected.messageType and expected.known "
+        "(false for an unknown odd type, which is ignored). Invalid: the CBOR_* or SCHEMA_* "
+        "code of the fault (on the wire, every one of them is NAT_MALFORMED).",
+    )
+    tag8, nonce8, mac16 = seeded_bytes("nat/tag", 8), seeded_bytes("nat/nonce", 8), bytes(16)
+    ping_body = {0: 32, 1: tag8, 2: nonce8, 3: a4, 4: mac16}
+    over_depth = b"\xa3\x00\x02\x01\x01\x02\x81\x81\x81\x80"  # {0: 2, 1: 1, 2: [[[[]]]]}
+
+    def sized(size: int) -> bytes:
+        """A RESERVATION of exactly ``size`` bytes, padded in an odd key."""
+        for pad in range(size):
+            frame = nat_frame({0: 4, 1: 1, 2: 1, 3: 1, 4: bytes(512), 5: bytes(pad)})
+            if len(frame) == size:
+                return frame
+        abort(f"no padding gives a frame of {size} bytes")
+
+    # (comment, protocol, frame, flags, requirement, error or None, (type, known) when valid)
+    # fmt: off
+    DecodeCase = tuple[str, str, bytes, list[str], str, str | None, tuple[int, bool] | None]
+    decode_cases: list[DecodeCase] = [
+        ("PATH_PING (any MAC: decoding does not check it)", "control", nat_frame(ping_body),
+         ["Seeded"], "NAT-R1", None, (32, True)),
+        ("PATH_PONG with an unknown odd key 5", "control",
+         nat_frame({**ping_body, 0: 34, 5: "later"}), ["Extension"], "MSG-R2", None, (34, True)),
+        ("an unknown odd control type 33: ignored", "control", nat_frame({0: 33, 1: b""}),
+         ["Extensibility"], "MSG-R3", None, (33, False)),
+        ("STATUS without limits", "relay", nat_frame({0: 10, 1: 0x0736}), [], "NAT-R2", None,
+         (10, True)),
+        ("an unknown odd relay type 11: ignored", "relay", nat_frame({0: 11}),
+         ["Extensibility"], "MSG-R3", None, (11, False)),
+        ("DIAL_RESPONSE without the observed address", "dial-back", nat_frame({0: 4, 1: 0}),
+         [], "NAT-R2", None, (4, True)),
+        ("punch CONNECT with 8 candidates", "punch", nat_frame({0: 2, 1: 1, 2: candidates8}),
+         ["Boundary"], "NAT-R2", None, (2, True)),
+        ("a frame of exactly 1024 bytes", "relay", sized(1024), ["Boundary"],
+         "NAT-R2", None, (4, True)),
+        ("a DHT type (PING, 2) is no NAT control message", "control", nat_frame({0: 2}),
+         ["Extensibility"], "MSG-R3", "SCHEMA_UNKNOWN_MESSAGE_TYPE", None),
+        ("a relay type 12, even and unknown", "relay", nat_frame({0: 12}), ["Extensibility"],
+         "MSG-R3", "SCHEMA_UNKNOWN_MESSAGE_TYPE", None),
+        ("a relay RESERVATION type in the punch context", "punch", nat_frame({0: 10, 1: 0}),
+         ["Extensibility"], "MSG-R3", "SCHEMA_UNKNOWN_MESSAGE_TYPE", None),
+        ("no type", "relay", nat_frame({1: holder}), ["Structure"], "MSG-R3",
+         "SCHEMA_MISSING_FIELD", None),
+        ("an array, not a map", "punch", nat_frame([4, 1]), ["Structure"], "MSG-R1",
+         "SCHEMA_TYPE", None),
+        ("PATH_PING without its MAC", "control", nat_frame({k: v for k, v in ping_body.items()
+                                                           if k != 4}),
+         ["Structure"], "MSG-R1", "SCHEMA_MISSING_FIELD", None),
+        ("PATH_PING with a MAC of 32 bytes", "control", nat_frame({**ping_body, 4: bytes(32)}),
+         ["Structure"], "MSG-R1", "SCHEMA_VALUE", None),
+        ("PATH_PING with a tag of 7 bytes", "control", nat_frame({**ping_body, 1: tag8[:7]}),
+         ["Structure"], "MSG-R1", "SCHEMA_VALUE", None),
+        ("PATH_PING whose address has port 0", "control",
+         nat_frame({**ping_body, 3: [ip_packed("198.51.100.10"), 0]}), ["Structure"], "NAT-R3",
+         "SCHEMA_VALUE", None),
+        ("PATH_PING whose address has 3 elements", "control",
+         nat_frame({**ping_body, 3: [*a4, 1]}), ["Structure"], "NAT-R3", "SCHEMA_VALUE", None),
+        ("PATH_PING whose address IP is 5 bytes", "control",
+         nat_frame({**ping_body, 3: [bytes(5), 4000]}), ["Structure"], "NAT-R3", "SCHEMA_VALUE",
+         None),
+        ("PATH_PING whose address IP is text", "control",
+         nat_frame({**ping_body, 3: ["198.51.100.10", 4000]}), ["Structure"], "NAT-R3",
+         "SCHEMA_TYPE", None),
+        ("PATH_PING whose address is a byte string", "control",
+         nat_frame({**ping_body, 3: ip_packed("198.51.100.10")}), ["Structure"], "MSG-R1",
+         "SCHEMA_TYPE", None),
+        ("PATH_PING with an unknown even key 6", "control", nat_frame({**ping_body, 6: 0}),
+         ["Extensibility"], "MSG-R2", "SCHEMA_UNKNOWN_CRITICAL_FIELD", None),
+        ("DIAL_BACK with a nonce of 8 bytes", "control", nat_frame({0: 36, 1: nonce8}),
+         ["Structure"], "MSG-R1", "SCHEMA_VALUE", None),
+        ("RESERVATION without its voucher", "relay",
+         nat_frame({0: 4, 1: NAT_EXPIRES, 2: 1800, 3: 1}), ["Structure"], "MSG-R1",
+         "SCHEMA_MISSING_FIELD", None),
+        ("RESERVATION with a voucher of 513 bytes", "relay",
+         nat_frame({0: 4, 1: NAT_EXPIRES, 2: 1800, 3: 1, 4: bytes(513)}), ["Limits"], "MSG-R1",
+         "SCHEMA_VALUE", None),
+        ("RESERVATION with a duration of 0", "relay",
+         nat_frame({0: 4, 1: NAT_EXPIRES, 2: 0, 3: 1, 4: spec_voucher}), ["Limits"], "MSG-R1",
+         "SCHEMA_VALUE", None),
+        ("CONNECT with a peer ID of 31 bytes", "relay", nat_frame({0: 6, 1: holder[:31]}),
+         ["Structure"], "MSG-R1", "SCHEMA_VALUE", None),
+        ("STATUS with code 65536", "relay", nat_frame({0: 10, 1: 65536}), ["Limits"], "MSG-R1",
+         "SCHEMA_VALUE", None),
+        ("STATUS with a negative code", "relay", nat_frame({0: 10, 1: -1}), ["Structure"],
+         "MSG-R1", "SCHEMA_VALUE", None),
+        ("INCOMING without its data limit", "relay", nat_frame({0: 8, 1: source, 2: 1800}),
+         ["Structure"], "MSG-R1", "SCHEMA_MISSING_FIELD", None),
+        ("punch CONNECT of round 4", "punch", nat_frame({0: 2, 1: 4, 2: []}), ["Limits"],
+         "MSG-R1", "SCHEMA_VALUE", None),
+        ("punch CONNECT of round 0", "punch", nat_frame({0: 2, 1: 0, 2: []}), ["Limits"],
+         "MSG-R1", "SCHEMA_VALUE", None),
+        ("punch CONNECT with 9 candidates", "punch",
+         nat_frame({0: 2, 1: 1, 2: [*candidates8, a4]}), ["Limits"], "MSG-R1", "SCHEMA_VALUE",
+         None),
+        ("punch CONNECT with a candidate of port 65536", "punch",
+         nat_frame({0: 2, 1: 1, 2: [[ip_packed("192.0.2.1"), 65536]]}), ["Structure"],
+         "NAT-R3", "SCHEMA_VALUE", None),
+        ("punch CONNECT whose candidates are a map", "punch", nat_frame({0: 2, 1: 1, 2: {}}),
+         ["Structure"], "MSG-R1", "SCHEMA_TYPE", None),
+        ("punch SYNC with the round as text", "punch", nat_frame({0: 4, 1: "1"}),
+         ["Structure"], "MSG-R1", "SCHEMA_TYPE", None),
+        ("DIAL_REQUEST without an address", "dial-back", nat_frame({0: 2, 1: nonce16}),
+         ["Structure"], "MSG-R1", "SCHEMA_MISSING_FIELD", None),
+        ("DIAL_REQUEST whose address port is a string", "dial-back",
+         nat_frame({0: 2, 1: nonce16, 2: [ip_packed("198.51.100.10"), "4000"]}), ["Structure"],
+         "NAT-R3", "SCHEMA_TYPE", None),
+        ("a frame of 1025 bytes", "relay", sized(1025), ["Limits"],
+         "NAT-R2", "CBOR_TOO_LARGE", None),
+        ("nesting deeper than 4 levels", "punch", over_depth, ["Limits"], "NAT-R2",
+         "CBOR_TOO_DEEP", None),
+        ("truncated", "relay", nat_frame({0: 6, 1: holder})[:-1], ["NotWellFormed"], "CBOR-R14",
+         "CBOR_TRUNCATED", None),
+        ("an empty frame", "dial-back", b"", ["NotWellFormed"], "CBOR-R14", "CBOR_TRUNCATED",
+         None),
+        ("two messages in one frame", "punch", nat_frame({0: 4, 1: 1}) * 2, ["NotWellFormed"],
+         "CBOR-R13", "CBOR_TRAILING_BYTES", None),
+        ("map keys out of order", "relay", b"\xa2\x01\x00\x00\x0a", ["NotWellFormed"],
+         "CBOR-R9", "CBOR_MAP_KEY_ORDER", None),
+        ("the type in a non-shortest head", "relay", b"\xa1\x00\x18\x02", ["NotWellFormed"],
+         "CBOR-R2", "CBOR_NON_SHORTEST", None),
+    ]
+    # fmt: on
+    for comment, protocol, frame, flags, requirement, error, verdict in decode_cases:
+        context = NAT_PROTOCOLS[protocol]
+        if error is None:
+            assert verdict is not None
+            kind, fields = nat.decode_message(context, frame)
+            if (kind, fields is not None) != verdict:
+                abort(f"{comment}: decode_message says {kind}, {fields is not None}")
+            expected: Json = {"messageType": verdict[0], "known": verdict[1]}
+        else:
+            expect_error(lambda c=context, f=frame: nat.decode_message(c, f), error, comment)
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"protocol": protocol, "frame": frame.hex()}, expected=expected,
+               error=error)  # fmt: skip
+
+    # -- probe keys ---------------------------------------------------------------------------
+    tests = vf.group(
+        "probe-keys",
+        "Derive a session's probe keys (04-nat-traversal.md 5.1) from the handshake hash "
+        "input.handshakeHash and the Split() keys input.k1, input.k2: expected.sessionTag, "
+        "expected.initiatorKey (probe_key(I)) and expected.responderKey (probe_key(R)).",
+    )
+    sessions = [
+        ("04-nat-traversal.md 5.7: the session of 02-secure-session section 8",
+         *(bytes.fromhex(NAT_SESSION[k]) for k in ("h", "k1", "k2")), ["SpecExample"]),
+        ("seeded keys 'nat/session/1'", seed("nat/session/1/h"), seed("nat/session/1/k1"),
+         seed("nat/session/1/k2"), ["Seeded"]),
+        ("k1 and k2 swapped: every key differs", *(bytes.fromhex(NAT_SESSION[k])
+                                                   for k in ("h", "k2", "k1")), []),
+    ]  # fmt: skip
+    for comment, h, k1, k2, flags in sessions:
+        tag, ki, kr = nat_probe_keys(h, k1, k2)
+        ours = nat.ProbeKeys.derive(h, k1, k2)
+        if (ours.tag, ours.initiator, ours.responder) != (tag, ki, kr):
+            abort(f"{comment}: ProbeKeys.derive differs from cryptography's HKDF")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R20",
+               input={"handshakeHash": h.hex(), "k1": k1.hex(), "k2": k2.hex()},
+               expected={"sessionTag": tag.hex(), "initiatorKey": ki.hex(),
+                         "responderKey": kr.hex()})  # fmt: skip
+    spec_h, spec_k1, spec_k2 = (bytes.fromhex(NAT_SESSION[k]) for k in ("h", "k1", "k2"))
+    spec_tag, spec_ki, spec_kr = nat_probe_keys(spec_h, spec_k1, spec_k2)
+    if [spec_tag.hex(), spec_ki.hex(), spec_kr.hex()] != SPEC_NAT["keys"]:
+        abort("04-nat-traversal.md 5.7: the probe keys differ")
+
+    # -- making probes --------------------------------------------------------------------------
+    tests = vf.group(
+        "probe-make",
+        "Make a probe (04-nat-traversal.md 5.2) of type input.type (32 PATH_PING, 34 "
+        "PATH_PONG) on network input.networkId, sent by input.sender (the Noise initiator or "
+        "responder) of the session whose keys derive from input.handshakeHash, input.k1 and "
+        "input.k2, with nonce input.nonce and the address input.address: expected.datagram, "
+        "header included.",
+    )
+    spec_nonce = bytes.fromhex("0102030405060708")
+    rsp_addr, req_addr = ("198.51.100.7", 4000), ("192.0.2.1", 4000)
+    probe_cases = [
+        ("04-nat-traversal.md 5.7: the initiator's PATH_PING to 198.51.100.7:4000",
+         main_net, "initiator", 32, spec_nonce, rsp_addr, ["SpecExample", "Live"]),
+        ("04-nat-traversal.md 5.7: the responder's PATH_PONG, seen from 192.0.2.1:4000",
+         main_net, "responder", 34, spec_nonce, req_addr, ["SpecExample", "Live"]),
+        ("a PATH_PING of the responder to [2001:db8::1]:4000", main_net, "responder", 32,
+         seeded_bytes("nat/probe/nonce", 8), ("2001:db8::1", 4000), ["Ipv6", "Seeded"]),
+        ("a PATH_PING on network starling-lab", lab_net, "initiator", 32, spec_nonce,
+         rsp_addr, ["Network"]),
+    ]  # fmt: skip
+    made: dict[str, bytes] = {}
+    for comment, network, sender, kind, nonce, addr, flags in probe_cases:
+        key = spec_ki if sender == "initiator" else spec_kr
+        datagram = nat_probe(key, network, kind, spec_tag, nonce, address_value(addr))
+        role = ses.Role.INITIATOR if sender == "initiator" else ses.Role.RESPONDER
+        keys = nat.ProbeKeys.derive(spec_h, spec_k1, spec_k2)
+        if nat.make_probe(keys, role, network, kind, nonce, addr) != datagram:
+            abort(f"{comment}: make_probe differs from the probe built here")
+        if "Live" in flags:
+            paths = nat.PathProbes(keys, role, network, ScriptedRng("nat/probe", nonce), 0.0)
+            if kind == 32:
+                paths.probe(addr, 0.0)
+            else:
+                paths.receive(made["ping"], addr, 0.0)
+            ((sent_datagram, to),) = paths.datagrams_to_send(0.0)
+            if sent_datagram != datagram or to != addr:
+                abort(f"{comment}: the live PathProbes sent {sent_datagram.hex()} to {to}")
+            made["ping" if kind == 32 else "pong"] = datagram
+        vf.add(tests, comment, flags=flags, requirement="NAT-R21",
+               input={"handshakeHash": spec_h.hex(), "k1": spec_k1.hex(), "k2": spec_k2.hex(),
+                      "networkId": network.hex(), "sender": sender, "type": kind,
+                      "nonce": nonce.hex(), "address": nat_addr(addr)},
+               expected={"datagram": datagram.hex()})  # fmt: skip
+    if made["ping"].hex() != SPEC_NAT["ping"] or made["pong"].hex() != SPEC_NAT["pong"]:
+        abort("04-nat-traversal.md 5.7: the PATH_PING or PATH_PONG example differs")
+
+    # -- checking probes ------------------------------------------------------------------------
+    tests = vf.group(
+        "probe-open",
+        "input.receiver (the Noise initiator or responder of the session whose keys derive "
+        "from input.handshakeHash, input.k1, input.k2), on network input.networkId, checks "
+        "input.datagram as a probe (04-nat-traversal.md 5.3). Valid: expected.type, "
+        "expected.nonce and expected.address. Invalid: the first failing check's code.",
+    )
+    other_tag, other_ki, _ = nat_probe_keys(seed("nat/other/h"), seed("nat/other/k1"),
+                                            seed("nat/other/k2"))  # fmt: skip
+    ping = made["ping"]
+    flipped = bytearray(ping)
+    flipped[-20] ^= 0x01  # the port, under the MAC
+    relabelled = b"\x0c\x01" + lab_net + ping[6:]  # another network's header, same body
+    extended = nat_probe(spec_ki, main_net, 32, spec_tag, spec_nonce, address_value(rsp_addr),
+                         {5: "later"})  # fmt: skip
+    # (comment, receiver, network, datagram, flags, requirement, error)
+    # fmt: off
+    open_cases: list[tuple[str, str, bytes, bytes, list[str], str, str | None]] = [
+        ("04-nat-traversal.md 5.7: the responder checks the initiator's PATH_PING", "responder",
+         main_net, ping, ["SpecExample"], "NAT-R22", None),
+        ("04-nat-traversal.md 5.7: the initiator checks the responder's PATH_PONG", "initiator",
+         main_net, made["pong"], ["SpecExample"], "NAT-R22", None),
+        ("a PATH_PING with an unknown odd key 5, under the MAC", "responder", main_net,
+         extended, ["Extension"], "NAT-R21", None),
+        ("the PATH_PING presented to its own sender", "initiator", main_net, ping,
+         ["Reflected"], "NAT-R22", "NAT_PROBE_AUTH"),
+        ("the PATH_PING with its port changed after the MAC", "responder", main_net,
+         bytes(flipped), ["Forged"], "NAT-R22", "NAT_PROBE_AUTH"),
+        ("the PATH_PING's body under the header of network starling-lab", "responder",
+         lab_net, relabelled, ["Forged", "Network"], "NAT-R21", "NAT_PROBE_AUTH"),
+        ("a PATH_PING of another session (its tag and keys)", "responder", main_net,
+         nat_probe(other_ki, main_net, 32, other_tag, spec_nonce, address_value(rsp_addr)),
+         ["Forged"], "NAT-R22", "NAT_PROBE_AUTH"),
+        ("this session's tag with another session's key", "responder", main_net,
+         nat_probe(other_ki, main_net, 32, spec_tag, spec_nonce, address_value(rsp_addr)),
+         ["Forged"], "NAT-R22", "NAT_PROBE_AUTH"),
+        ("a PATH_PING with an all-zero MAC", "responder", main_net,
+         b"\x0c\x01" + main_net + nat_frame({**cbor2.loads(ping[6:]), 4: bytes(16)}),
+         ["Forged"], "NAT-R22", "NAT_PROBE_AUTH"),
+        ("a DIAL_BACK where a probe is checked", "responder", main_net,
+         b"\x0c\x01" + main_net + live["dial-back"], [], "NAT-R22",
+         "NAT_UNEXPECTED_MESSAGE"),
+        ("a PATH_PING whose MAC is 15 bytes", "responder", main_net,
+         b"\x0c\x01" + main_net + nat_frame({**cbor2.loads(ping[6:]), 4: bytes(15)}),
+         ["Structure"], "NAT-R1", "NAT_MALFORMED"),
+        ("a QUIC packet (first byte 0x40 set)", "responder", main_net, b"\x40" + ping[1:], [],
+         "NAT-R1", "NAT_MALFORMED"),
+    ]
+    # fmt: on
+    keys = nat.ProbeKeys.derive(spec_h, spec_k1, spec_k2)
+    for comment, receiver, network, datagram, flags, requirement, error in open_cases:
+        role = ses.Role.INITIATOR if receiver == "initiator" else ses.Role.RESPONDER
+        if error is None:
+            probe = nat.open_probe(keys, role, network, datagram)
+            body = cbor2.loads(datagram[6:])
+            sender_key = spec_ki if receiver == "responder" else spec_kr
+            rebuilt = nat_probe(sender_key, network, body[0], body[1], body[2], body[3],
+                                {k: v for k, v in body.items() if k > 4})  # fmt: skip
+            if rebuilt != datagram:
+                abort(f"{comment}: the MAC computed here does not match")
+            ip, port = body[3]
+            if (probe.kind, probe.nonce, probe.address) != (body[0], body[2], (
+                    str(ipaddress.ip_address(ip)), port)):  # fmt: skip
+                abort(f"{comment}: open_probe reads other fields")
+            expected = {"type": body[0], "nonce": body[2].hex(),
+                        "address": {"ip": ip.hex(), "port": port}}  # fmt: skip
+        else:
+            expect_error(lambda r=role, n=network, d=datagram: nat.open_probe(keys, r, n, d),
+                         error, comment)  # fmt: skip
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"handshakeHash": spec_h.hex(), "k1": spec_k1.hex(), "k2": spec_k2.hex(),
+                      "networkId": network.hex(), "receiver": receiver,
+                      "datagram": datagram.hex()},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- vouchers ---------------------------------------------------------------------------
+    tests = vf.group(
+        "voucher-sign",
+        "The voucher (04-nat-traversal.md 6.3) a relay whose identity derives from "
+        "input.relaySeed signs for input.peer, expiring at input.expires (Unix seconds, a "
+        "decimal string): expected.voucher.",
+    )
+    sign_cases = [
+        ("04-nat-traversal.md 6.3: RFC 8032 TEST 2's relay for 01-identity's running example",
+         NAT_RELAY_SEED, holder, NAT_EXPIRES, ["SpecExample", "Live"]),
+        ("seeded relay 'nat/relay/2', expiry 0", seed("nat/relay/2"), source, 0,
+         ["Seeded", "Boundary"]),
+        ("expiry 2**64-1", NAT_RELAY_SEED, holder, 2**64 - 1, ["Boundary"]),
+    ]  # fmt: skip
+    for comment, relay_seed, peer, expires, flags in sign_cases:
+        raw = nat_voucher(relay_seed, {1: peer_id_of(relay_seed), 2: peer, 3: expires})
+        if nat.make_voucher(identity.PrivateKey(relay_seed), peer, expires) != raw:
+            abort(f"{comment}: make_voucher differs from the voucher signed here")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R32",
+               input={"relaySeed": relay_seed.hex(), "peer": peer.hex(), "expires": str(expires)},
+               expected={"voucher": raw.hex()})  # fmt: skip
+
+    tests = vf.group(
+        "voucher",
+        "Check input.voucher expecting the relay input.relay and the holder input.peer at "
+        "Unix time input.now (a decimal string), in the order of 04-nat-traversal.md 6.3. "
+        "Valid: expected.relay, expected.peer and expected.expires (a decimal string). "
+        "Invalid: the first failing step's code.",
+        cddl={"file": "spec/cddl/nat.cddl", "rule": "voucher-envelope", "field": "voucher"},
+    )
+    payload = cbor2.dumps({1: relay_id, 2: holder, 3: NAT_EXPIRES}, canonical=True)
+    good_sig = cbor2.loads(spec_voucher)[3]
+    malleable = good_sig[:32] + (int.from_bytes(good_sig[32:], "little") + L).to_bytes(32, "little")
+    if not lax_verifies(ed25519_public(NAT_RELAY_SEED), signing_input(NAT_VOUCHER_DOMAIN, payload),
+                        malleable):  # fmt: skip
+        abort("the S + L voucher signature does not satisfy the lax equation")
+    other_relay = seed("nat/relay/other")
+
+    def padded_voucher(size: int) -> bytes:
+        for pad in range(size):
+            raw = nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: holder, 3: NAT_EXPIRES,
+                                               5: bytes(pad)})  # fmt: skip
+            if len(raw) == size:
+                return raw
+        abort(f"no padding gives a voucher of {size} bytes")
+
+    v_flip = bytearray(spec_voucher)
+    v_flip[-70] ^= 0x01  # inside the payload
+    # (comment, voucher, relay, peer, now, flags, error)
+    # fmt: off
+    voucher_cases: list[tuple[str, bytes, bytes, bytes, int, list[str], str | None]] = [
+        ("04-nat-traversal.md 6.3: the example, a second before it expires", spec_voucher,
+         relay_id, holder, NAT_EXPIRES - 1, ["SpecExample"], None),
+        ("an unknown odd key 5 in the payload", nat_voucher(NAT_RELAY_SEED, {
+            1: relay_id, 2: holder, 3: NAT_EXPIRES, 5: "later"}), relay_id, holder, NAT_NOW,
+         ["Extension"], None),
+        ("the example at its expiry", spec_voucher, relay_id, holder, NAT_EXPIRES,
+         ["Expired", "Boundary"], "NAT_VOUCHER_EXPIRED"),
+        ("the example a day after its expiry", spec_voucher, relay_id, holder,
+         NAT_EXPIRES + 86400, ["Expired"], "NAT_VOUCHER_EXPIRED"),
+        ("expected from another relay", spec_voucher, peer_id_of(other_relay), holder, NAT_NOW,
+         ["Mismatch"], "NAT_VOUCHER_MISMATCH"),
+        ("presented by another peer than its holder", spec_voucher, relay_id, source, NAT_NOW,
+         ["Mismatch"], "NAT_VOUCHER_MISMATCH"),
+        ("another relay's voucher naming this relay: signer and relay differ",
+         nat_voucher(other_relay, {1: relay_id, 2: holder, 3: NAT_EXPIRES}), relay_id, holder,
+         NAT_NOW, ["Forged"], "NAT_VOUCHER_INVALID"),
+        ("signed under starling/dht-record/1", nat_voucher(NAT_RELAY_SEED, {
+            1: relay_id, 2: holder, 3: NAT_EXPIRES}, domain=DHT_RECORD_DOMAIN), relay_id, holder,
+         NAT_NOW, ["WrongDomain"], "NAT_VOUCHER_INVALID"),
+        ("signed under starling/test/1", nat_voucher(NAT_RELAY_SEED, {
+            1: relay_id, 2: holder, 3: NAT_EXPIRES}, domain=TEST_DOMAIN), relay_id, holder,
+         NAT_NOW, ["WrongDomain"], "NAT_VOUCHER_INVALID"),
+        ("a payload bit flipped after signing", bytes(v_flip), relay_id, holder, NAT_NOW,
+         ["Forged"], "NAT_VOUCHER_INVALID"),
+        ("signature with S + L", cbor2.dumps({1: ed25519_public(NAT_RELAY_SEED), 2: payload,
+                                             3: malleable}),
+         relay_id, holder, NAT_NOW, ["LaxVerifies"], "NAT_VOUCHER_INVALID"),
+        ("no expiry", nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: holder}), relay_id, holder,
+         NAT_NOW, ["Structure"], "NAT_VOUCHER_INVALID"),
+        ("an unknown even key 4 in the payload", nat_voucher(NAT_RELAY_SEED, {
+            1: relay_id, 2: holder, 3: NAT_EXPIRES, 4: 0}), relay_id, holder, NAT_NOW,
+         ["Structure"], "NAT_VOUCHER_INVALID"),
+        ("an envelope with an extra key 5", cbor2.dumps({**cbor2.loads(spec_voucher), 5: 0}),
+         relay_id, holder, NAT_NOW, ["Structure"], "NAT_VOUCHER_INVALID"),
+        ("a voucher of exactly 512 bytes", padded_voucher(512), relay_id, holder, NAT_NOW,
+         ["Limits", "Boundary"], None),
+        ("a voucher of 513 bytes", padded_voucher(513), relay_id, holder, NAT_NOW,
+         ["Limits"], "NAT_VOUCHER_INVALID"),
+    ]
+    # fmt: on
+    for comment, raw, relay, peer, now, flags, error in voucher_cases:
+        if error is None:
+            fields = cbor2.loads(raw)
+            nacl.signing.VerifyKey(fields[1]).verify(
+                signing_input(NAT_VOUCHER_DOMAIN, fields[2]), fields[3]
+            )
+            body = cbor2.loads(fields[2])
+            checked = nat.verify_voucher(raw, relay, peer, now)
+            if (checked.relay, checked.peer, checked.expires) != (body[1], body[2], body[3]):
+                abort(f"{comment}: verify_voucher reads other fields than cbor2")
+            expected = {"relay": body[1].hex(), "peer": body[2].hex(), "expires": str(body[3])}
+        else:
+            expect_error(lambda r=raw, a=relay, p=peer, n=now: nat.verify_voucher(r, a, p, n),
+                         error, comment)  # fmt: skip
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement="NAT-R33",
+               input={"voucher": raw.hex(), "relay": relay.hex(), "peer": peer.hex(),
+                      "now": str(now)},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- observed addresses -------------------------------------------------------------------
+    tests = vf.group(
+        "observed-address",
+        "A node received the reports input.reports (each: the reporter's peer ID, its "
+        "address, the address it observed, and the time in seconds the report came); it is "
+        "now input.now. With a lifetime of 600 s, reporters counted once per IPv4 /24 or "
+        "IPv6 /48 (loopback: per peer ID) and 3 needed (04-nat-traversal.md 4.1-4.3): "
+        "expected.confirmed, the confirmed addresses with their count of reporters (most "
+        "first, then by IP bytes and port), and expected.mapping for IPv4 and IPv6.",
+    )
+    obs = ("198.51.100.10", 4000)
+    reporter_ids = [peer_id_of(seed(f"nat/reporter/{i}")) for i in range(8)]
+
+    def report(i: int, at: tuple[str, int], seen: tuple[str, int], when: int = 0) -> Json:
+        return {"reporter": reporter_ids[i].hex(), "address": nat_addr(at),
+                "observed": nat_addr(seen), "time": when}  # fmt: skip
+
+    r_a, r_b, r_c, r_d = ("203.0.113.10", 4000), ("203.0.113.11", 4000), ("192.0.2.7", 4000), (
+        "198.18.0.3", 4000)  # fmt: skip
+    # (comment, reports, now, flags, requirement)
+    # fmt: off
+    observed_cases: list[tuple[str, list[Json], int, list[str], str]] = [
+        ("04-nat-traversal.md 4.2: three reporters, two in one /24: not confirmed",
+         [report(0, r_a, obs), report(1, r_b, obs), report(2, r_c, obs)], 10,
+         ["SpecExample", "Prefix"], "NAT-R10"),
+        ("04-nat-traversal.md 4.2: a fourth reporter in another prefix confirms it with 3",
+         [report(0, r_a, obs), report(1, r_b, obs), report(2, r_c, obs), report(3, r_d, obs)],
+         10, ["SpecExample", "Prefix"], "NAT-R10"),
+        ("three reporters in three prefixes: confirmed; endpoint-independent",
+         [report(0, r_a, obs), report(2, r_c, obs), report(3, r_d, obs)], 10, [], "NAT-R10"),
+        ("each reporter saw another port: nothing confirmed; endpoint-dependent",
+         [report(0, r_a, ("198.51.100.10", 28496)), report(2, r_c, ("198.51.100.10", 19252)),
+          report(3, r_d, ("198.51.100.10", 40001))], 10, [], "NAT-R12"),
+        ("a reporter's later report replaces its earlier one",
+         [report(0, r_a, obs, 0), report(2, r_c, obs, 0), report(3, r_d, obs, 0),
+          report(3, r_d, ("198.51.100.10", 5000), 5)], 10, [], "NAT-R10"),
+        ("one report older than 600 s: the rest do not confirm",
+         [report(0, r_a, obs, 0), report(2, r_c, obs, 500), report(3, r_d, obs, 500)], 600,
+         ["Expiry"], "NAT-R11"),
+        ("reports 599 s old still count", [report(0, r_a, obs, 1), report(2, r_c, obs, 1),
+                                           report(3, r_d, obs, 1)], 600, ["Expiry"], "NAT-R11"),
+        ("one reporter only: mapping unknown", [report(0, r_a, obs)], 10, [], "NAT-R12"),
+        ("IPv6 reporters in distinct /48s confirm an IPv6 address",
+         [report(0, ("2001:db8:1::1", 4000), ("2001:db8:ff::10", 4000)),
+          report(1, ("2001:db8:2::1", 4000), ("2001:db8:ff::10", 4000)),
+          report(2, ("2001:db8:3::1", 4000), ("2001:db8:ff::10", 4000)),
+          report(3, r_a, obs)], 10, ["Ipv6"], "NAT-R10"),
+        ("IPv6 reporters in one /48 count once", [
+            report(0, ("2001:db8:1::1", 4000), ("2001:db8:ff::10", 4000)),
+            report(1, ("2001:db8:1:2::1", 4000), ("2001:db8:ff::10", 4000)),
+            report(2, ("2001:db8:1:3::1", 4000), ("2001:db8:ff::10", 4000))], 10,
+         ["Ipv6", "Prefix"], "NAT-R10"),
+        ("loopback reporters count per peer ID", [
+            report(0, ("127.0.0.1", 4001), ("127.0.0.1", 5000)),
+            report(1, ("127.0.0.1", 4002), ("127.0.0.1", 5000)),
+            report(2, ("127.0.0.1", 4003), ("127.0.0.1", 5000))], 10, [], "NAT-R10"),
+        ("two addresses confirmed: the one with more reporters first", [
+            report(0, r_a, ("198.51.100.10", 4001)), report(2, r_c, ("198.51.100.10", 4001)),
+            report(3, r_d, ("198.51.100.10", 4001)), report(4, ("203.0.114.1", 1),
+                                                             ("198.51.100.10", 4000)),
+            report(5, ("203.0.115.1", 1), ("198.51.100.10", 4000)),
+            report(6, ("203.0.116.1", 1), ("198.51.100.10", 4000)),
+            report(7, ("203.0.117.1", 1), ("198.51.100.10", 4000))], 10, [], "NAT-R10"),
+    ]
+    # fmt: on
+
+    def model(reports: list[Json], now: int) -> Json:
+        """04-nat-traversal.md 4.1-4.3 written out."""
+        latest: dict[str, Json] = {}
+        for r in reports:
+            latest[r["reporter"]] = r  # in order: later reports replace earlier ones
+        live_reports = [r for r in latest.values() if r["time"] > now - 600]
+        groups: dict[tuple[str, int], set[str]] = {}
+        for r in live_reports:
+            ip = ipaddress.ip_address(bytes.fromhex(r["address"]["ip"]))
+            if ip.is_loopback:
+                group = r["reporter"]
+            else:
+                bits = 24 if ip.version == 4 else 48
+                group = str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+            key = (r["observed"]["ip"], r["observed"]["port"])
+            groups.setdefault(key, set()).add(group)
+        confirmed = sorted(((k, len(g)) for k, g in groups.items() if len(g) >= 3),
+                           key=lambda e: (-e[1], bytes.fromhex(e[0][0]), e[0][1]))  # fmt: skip
+        mapping: Json = {}
+        for family, size in (("v4", 4), ("v6", 16)):
+            mine = [r for r in live_reports if len(bytes.fromhex(r["observed"]["ip"])) == size]
+            dests = {(r["address"]["ip"], r["address"]["port"]) for r in mine}
+            seen = {(r["observed"]["ip"], r["observed"]["port"]) for r in mine}
+            mapping[family] = ("unknown" if len(dests) < 2 else "endpoint-dependent"
+                               if len(seen) > 1 else "endpoint-independent")  # fmt: skip
+        return {"confirmed": [{"address": {"ip": ip, "port": port}, "reporters": n}
+                              for (ip, port), n in confirmed], "mapping": mapping}  # fmt: skip
+
+    for comment, reports, now, flags, requirement in observed_cases:
+        expected = model(reports, now)
+        if run_observed(reports, now) != expected:
+            abort(f"{comment}: Reachability says {run_observed(reports, now)}, not {expected}")
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"reports": reports, "now": now}, expected=expected)  # fmt: skip
+
+    # -- dial-back addresses ------------------------------------------------------------------
+    tests = vf.group(
+        "dial-back-check",
+        "A helper whose session with a requester comes from input.observed receives a "
+        "DIAL_REQUEST naming input.requested (04-nat-traversal.md 4.4, step 3). Valid: "
+        "expected.probeTo, where the probe goes. Invalid: NAT_DIAL_BACK_ADDRESS.",
+    )
+    seen_at = ("198.51.100.10", 4000)
+    # fmt: off
+    dial_cases: list[tuple[str, tuple[str, int], tuple[str, int], list[str], str | None]] = [
+        ("04-nat-traversal.md 4.4: the observed address itself", seen_at, seen_at,
+         ["SpecExample"], None),
+        ("04-nat-traversal.md 4.4: the same IP, another port", seen_at,
+         ("198.51.100.10", 61000), ["SpecExample"], None),
+        ("04-nat-traversal.md 4.4: another IP", seen_at, ("203.0.113.50", 4000),
+         ["SpecExample", "Amplification"], "NAT_DIAL_BACK_ADDRESS"),
+        ("the neighbour in the requester's /24", seen_at, ("198.51.100.11", 4000),
+         ["Amplification"], "NAT_DIAL_BACK_ADDRESS"),
+        ("the IPv4-mapped IPv6 form of the requester's IP", seen_at,
+         ("::ffff:198.51.100.10", 4000), ["Amplification", "Ipv6"], "NAT_DIAL_BACK_ADDRESS"),
+        ("IPv6, the same address, port 1", ("2001:db8::10", 4000), ("2001:db8::10", 1),
+         ["Ipv6", "Boundary"], None),
+        ("IPv6, another address in the requester's /64", ("2001:db8::10", 4000),
+         ("2001:db8::11", 4000), ["Ipv6", "Amplification"], "NAT_DIAL_BACK_ADDRESS"),
+    ]
+    # fmt: on
+    for comment, observed, requested, flags, error in dial_cases:
+        same = ip_packed(observed[0]) == ip_packed(requested[0])
+        if (error is None) != same:
+            abort(f"{comment}: 4.4 step 3 says otherwise")
+        if error is None:
+            if nat.check_dial_back(observed, requested) != (observed[0], requested[1]):
+                abort(f"{comment}: check_dial_back sends elsewhere")
+            expected = {"probeTo": nat_addr((observed[0], requested[1]))}
+        else:
+            expect_error(lambda o=observed, r=requested: nat.check_dial_back(o, r), error,
+                         comment)  # fmt: skip
+            expected = {}
+        vf.add(tests, comment, flags=flags, requirement="NAT-R13",
+               input={"observed": nat_addr(observed), "requested": nat_addr(requested)},
+               expected=expected, error=error)  # fmt: skip
+
+    # -- relay reservations -------------------------------------------------------------------
+    tests = vf.group(
+        "relay-reserve",
+        "A relay whose identity derives from input.relaySeed, with the limits input.config, "
+        "offering relaying when input.serving, holds a reservation for each of input.held "
+        "(peer ID and the IP its session comes from). At Unix time input.now (a decimal "
+        "string) input.incoming sends RESERVE (04-nat-traversal.md 6.2). Valid: "
+        "expected.frame, the RESERVATION (its expiry input.now + reservationTtl). Invalid: "
+        "the code of the STATUS that refuses it.",
+    )
+    peers = [peer_id_of(seed(f"nat/peer/{i}")) for i in range(6)]
+    ip_a, ip_b, ip_c = "198.51.100.10", "203.0.113.50", "2001:db8:5::1"
+
+    def held(*pairs: tuple[int, str]) -> list[Json]:
+        return [{"peer": peers[i].hex(), "ip": ip_packed(ip).hex()} for i, ip in pairs]
+
+    def cfg(**changes: int) -> Json:
+        return {**NAT_DEFAULTS, **changes}
+
+    # (comment, config, serving, held, incoming peer index (or -1: the holder), ip, flags, error)
+    # fmt: off
+    reserve_cases: list[tuple[str, Json, bool, list[Json], int, str, list[str], str | None]] = [
+        ("04-nat-traversal.md 6.3: the example's holder, nothing held", cfg(), True, [], -1, ip_a,
+         ["SpecExample"], None),
+        ("a second reservation from the same IP, per-IP cap 2", cfg(maxReservationsPerIp=2),
+         True, held((0, ip_a)), 1, ip_a, [], None),
+        ("a third from the same IP, per-IP cap 2: refused", cfg(maxReservationsPerIp=2), True,
+         held((0, ip_a), (1, ip_a)), 2, ip_a, ["Limits", "Boundary"], "NAT_RELAY_IP_LIMIT"),
+        ("a renewal at the per-IP cap: granted (it does not count against itself)",
+         cfg(maxReservationsPerIp=2), True, held((0, ip_a), (1, ip_a)), 1, ip_a, ["Limits"],
+         None),
+        ("the per-IP cap of another IP does not matter", cfg(maxReservationsPerIp=2), True,
+         held((0, ip_a), (1, ip_a)), 2, ip_b, ["Limits"], None),
+        ("IPv6: one /64 counts as one IP", cfg(maxReservationsPerIp=1), True,
+         held((0, ip_c)), 1, "2001:db8:5::2", ["Limits", "Ipv6"], "NAT_RELAY_IP_LIMIT"),
+        ("IPv6: another /64 is another IP", cfg(maxReservationsPerIp=1), True,
+         held((0, ip_c)), 1, "2001:db8:5:1::1", ["Limits", "Ipv6"], None),
+        ("total cap 3, three held: refused", cfg(maxReservations=3), True,
+         held((0, ip_a), (1, ip_b), (2, "192.0.2.1")), 3, "192.0.2.2", ["Limits", "Boundary"],
+         "NAT_RELAY_RESERVATION_LIMIT"),
+        ("total cap 3, three held, a renewal: granted", cfg(maxReservations=3), True,
+         held((0, ip_a), (1, ip_b), (2, "192.0.2.1")), 2, "192.0.2.1", ["Limits"], None),
+        ("both caps reached: the per-IP cap is checked first",
+         cfg(maxReservations=2, maxReservationsPerIp=2), True, held((0, ip_a), (1, ip_a)), 2,
+         ip_a, ["Limits"], "NAT_RELAY_IP_LIMIT"),
+        ("a relay that does not offer relaying", cfg(), False, [], 0, ip_a, [],
+         "NAT_RELAY_NOT_SERVING"),
+    ]
+    # fmt: on
+    for comment, config, serving, held_list, incoming, ip, flags, error in reserve_cases:
+        who = holder if incoming < 0 else peers[incoming]
+        verdict = reserve_model(config, serving, held_list, who, ip)
+        if verdict != (error or "granted"):
+            abort(f"{comment}: the model of 6.2 says {verdict}")
+        frame = None
+        if error is None:
+            voucher = nat_voucher(NAT_RELAY_SEED, {
+                1: relay_id, 2: who, 3: NAT_NOW + config["reservationTtl"]})  # fmt: skip
+            frame = nat_frame({0: 4, 1: NAT_NOW + config["reservationTtl"],
+                               2: config["circuitDuration"], 3: config["circuitData"],
+                               4: voucher})  # fmt: skip
+        given = {"relaySeed": NAT_RELAY_SEED.hex(), "config": config, "serving": serving,
+                 "held": held_list, "incoming": {"peer": who.hex(), "ip": ip_packed(ip).hex()},
+                 "now": str(NAT_NOW)}  # fmt: skip
+        outcome = run_reserve(given)
+        if outcome != (frame if frame is not None else error):
+            abort(f"DISAGREEMENT on {comment!r}: a RelayCore answers {outcome!r}")
+        if error is None and incoming < 0 and frame != live["reservation"]:
+            abort(f"{comment}: not the live RESERVATION")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R31", input=given,
+               expected={} if frame is None else {"frame": frame.hex()},
+               error=error)  # fmt: skip
+
+    # -- circuits -----------------------------------------------------------------------------
+    tests = vf.group(
+        "relay-connect",
+        "A relay with the limits input.config, offering relaying when input.serving, holds "
+        "reservations for input.reserved and has the circuits input.circuits open (each a "
+        "source and a target). input.source sends CONNECT for input.target "
+        "(04-nat-traversal.md 6.4). Valid: expected.incoming, the INCOMING the relay writes "
+        "to the target. Invalid: the code of the STATUS that refuses it.",
+    )
+    s0, s1, t0, t1 = peers[0], peers[1], peers[2], peers[3]
+    # (comment, config, serving, reserved, circuits, source, target, flags, error)
+    # fmt: off
+    connect_cases: list[tuple[str, Json, bool, list[bytes], list[tuple[bytes, bytes]], bytes,
+                              bytes, list[str], str | None]] = [
+        ("a target with a reservation", cfg(), True, [t0], [], s0, t0, [], None),
+        ("a target without a reservation", cfg(), True, [t0], [], s0, t1, [],
+         "NAT_RELAY_NO_RESERVATION"),
+        ("a CONNECT to oneself", cfg(), True, [t0], [], t0, t0, [], "NAT_UNEXPECTED_MESSAGE"),
+        ("2 circuits per peer: a third to the same target is refused",
+         cfg(maxCircuitsPerPeer=2), True, [t0], [(s0, t0), (s1, t0)], peers[4], t0,
+         ["Limits", "Boundary"], "NAT_RELAY_CIRCUIT_LIMIT"),
+        ("2 circuits per peer: a third from the same source is refused",
+         cfg(maxCircuitsPerPeer=2), True, [t0, t1, peers[5]], [(s0, t0), (s0, t1)], s0,
+         peers[5], ["Limits", "Boundary"], "NAT_RELAY_CIRCUIT_LIMIT"),
+        ("2 circuits per peer: another source to another target is fine",
+         cfg(maxCircuitsPerPeer=2), True, [t0, t1], [(s0, t0), (s1, t0)], s1, t1, ["Limits"],
+         None),
+        ("2 circuits in all: a third is refused", cfg(maxCircuits=2), True, [t0, t1],
+         [(s0, t0), (s1, t1)], peers[4], t1, ["Limits", "Boundary"], "NAT_RELAY_CIRCUIT_LIMIT"),
+        ("a relay that does not offer relaying", cfg(), False, [], [], s0, t0, [],
+         "NAT_RELAY_NOT_SERVING"),
+        ("a shorter circuit: 120 s and 128 KiB", cfg(circuitDuration=120, circuitData=131072),
+         True, [t0], [], s0, t0, ["Limits"], None),
+    ]
+    # fmt: on
+    for comment, config, serving, reserved, circuits, src, dst, flags, error in connect_cases:
+        verdict = connect_model(config, serving, reserved, circuits, src, dst)
+        if verdict != (error or "open"):
+            abort(f"{comment}: the model of 6.4 says {verdict}")
+        given = {"config": config, "serving": serving, "reserved": [p.hex() for p in reserved],
+                 "circuits": [{"source": a.hex(), "target": b.hex()} for a, b in circuits],
+                 "source": src.hex(), "target": dst.hex()}  # fmt: skip
+        incoming = None
+        if error is None:
+            incoming = nat_frame({0: 8, 1: src, 2: config["circuitDuration"],
+                                  3: config["circuitData"]})  # fmt: skip
+        outcome = run_connect(given)
+        if outcome != (incoming if incoming is not None else error):
+            abort(f"DISAGREEMENT on {comment!r}: a RelayCore answers {outcome!r}")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R34", input=given,
+               expected={} if incoming is None else {"incoming": incoming.hex()},
+               error=error)  # fmt: skip
+
+    # -- forwarding ---------------------------------------------------------------------------
+    tests = vf.group(
+        "relay-forward",
+        "An open circuit with the data limit input.dataLimit (bytes per direction) carries "
+        "the frames input.packets in order, each from its circuit's source or target with "
+        "the given size (04-nat-traversal.md 6.5, 6.6). Valid: expected.forwarded, the "
+        "bytes forwarded source to target and target to source. Invalid: the code the relay "
+        "ends the circuit with, which must happen on the last packet, and not before.",
+    )
+
+    def pk(*spec: tuple[str, int]) -> list[Json]:
+        return [{"from": side, "size": size} for side, size in spec]
+
+    # fmt: off
+    forward_cases: list[tuple[str, int, list[Json], list[str], str, str | None]] = [
+        ("three packets each way", 10000, pk(("source", 1200), ("target", 1200),
+         ("source", 50), ("target", 1350), ("source", 1), ("target", 1500)), [], "NAT-R35", None),
+        ("exactly the data limit in one direction", 3000,
+         pk(("source", 1500), ("source", 1500), ("target", 100)), ["Boundary"], "NAT-R36", None),
+        ("one byte beyond the data limit", 3000,
+         pk(("source", 1500), ("target", 1500), ("source", 1500), ("source", 1)),
+         ["Limits"], "NAT-R36", "NAT_RELAY_DATA_LIMIT"),
+        ("the directions are counted apart", 2000,
+         pk(("source", 1500), ("target", 1500), ("target", 500), ("source", 500)), [],
+         "NAT-R36", None),
+        ("an empty frame", 10000, pk(("source", 100), ("target", 0)), ["Limits"], "NAT-R35",
+         "NAT_RELAY_PACKET_SIZE"),
+        ("a frame of 1501 bytes", 10000, pk(("source", 1501)), ["Limits"], "NAT-R35",
+         "NAT_RELAY_PACKET_SIZE"),
+    ]
+    # fmt: on
+    for comment, limit, packets, flags, requirement, error in forward_cases:
+        counted = [0, 0]
+        verdict: str | None = None
+        for i, packet in enumerate(packets):
+            side = 0 if packet["from"] == "source" else 1
+            if not 0 < packet["size"] <= 1500:
+                verdict = "NAT_RELAY_PACKET_SIZE"
+            elif counted[side] + packet["size"] > limit:
+                verdict = "NAT_RELAY_DATA_LIMIT"
+            else:
+                counted[side] += packet["size"]
+                continue
+            if i != len(packets) - 1:
+                abort(f"{comment}: the fault is not on the last packet")
+            break
+        if verdict != error:
+            abort(f"{comment}: the model of 6.5 and 6.6 says {verdict}")
+        outcome = run_forward(limit, packets)
+        if outcome != (error if error is not None else counted):
+            abort(f"DISAGREEMENT on {comment!r}: a RelayCore gives {outcome!r}")
+        vf.add(tests, comment, flags=flags, requirement=requirement,
+               input={"dataLimit": limit, "packets": packets},
+               expected={} if error else {"forwarded": counted}, error=error)  # fmt: skip
+
+    # -- punch timing ---------------------------------------------------------------------------
+    tests = vf.group(
+        "punch-plan",
+        "One side of a punch (input.initiator) in round input.round, with the RECOMMENDED "
+        "values of 04-nat-traversal.md 7.4 (probe interval 100 ms, 10 PINGs per candidate "
+        "for the dialer and 5 for the prober, shortest round 1.5 s). The initiator wrote "
+        "CONNECT at input.sentMs and read the answer at input.answerMs; the responder wrote "
+        "its CONNECT at input.sentMs and read SYNC at input.answerMs (milliseconds, even "
+        "round trips). The peer's candidates are input.candidates. expected: the side's "
+        "role, the RTT, the start of the round, its end, and its PINGs in order (time, "
+        "address).",
+    )
+    cand2 = [("198.51.100.10", 4000), ("10.1.0.10", 4000)]
+    # fmt: off
+    plan_cases: list[tuple[str, bool, int, int, int, list[tuple[str, int]], list[str], str]] = [
+        ("04-nat-traversal.md 7.3: the initiator, RTT 80 ms, round 1: prober", True, 1, 1000,
+         1080, cand2, ["SpecExample"], "NAT-R41"),
+        ("the responder of that round: dialer, starting when SYNC arrives", False, 1, 1040,
+         1120, [("203.0.113.50", 4000)], [], "NAT-R42"),
+        ("round 2: the initiator dials", True, 2, 5000, 5300, cand2, ["Rounds"], "NAT-R42"),
+        ("round 2: the responder probes", False, 2, 5150, 5450, cand2, ["Rounds"], "NAT-R42"),
+        ("round 3, RTT 600 ms: the round lasts 0.9 s + 2 RTT", True, 3, 9000, 9600, cand2,
+         ["Rounds"], "NAT-R42"),
+        ("no candidates: nothing to ping", True, 1, 0, 20, [], ["Boundary"], "NAT-R43"),
+    ]
+    # fmt: on
+    for comment, initiator, rnd, sent, answer, cands, flags, requirement in plan_cases:
+        prober = initiator if rnd % 2 == 1 else not initiator
+        rtt = answer - sent
+        start = answer + rtt // 2 if initiator else answer
+        count = 5 if prober else 10
+        plan: Json = {
+            "role": "prober" if prober else "dialer",
+            "rttMs": rtt,
+            "startMs": start,
+            "endMs": start + max(1500, 900 + 2 * rtt),
+            "probes": [{"atMs": start + 100 * n, "address": nat_addr(a)}
+                       for n in range(count) for a in cands],
+        }  # fmt: skip
+        given = {"initiator": initiator, "round": rnd, "sentMs": sent, "answerMs": answer,
+                 "candidates": [nat_addr(a) for a in cands]}  # fmt: skip
+        if run_plan(given) != plan:
+            abort(f"{comment}: starling.proto.nat plans {run_plan(given)}")
+        if rnd == 1 and cands and live_plan(given) != plan:
+            abort(f"{comment}: a live Puncher does {live_plan(given)}")
+        vf.add(tests, comment, flags=flags, requirement=requirement, input=given,
+               expected=plan)  # fmt: skip
+
+    # -- relay entries ------------------------------------------------------------------------
+    tests = vf.group(
+        "relay-entries",
+        "Read the relay entries of the peer record input.record (a record envelope, 03-dht "
+        "9) at Unix time input.now (a decimal string), with the vouchers at key 3 of its "
+        "value (04-nat-traversal.md 9). expected.relays: each entry kept, in order, with "
+        "its voucher's verdict: valid, absent, or the code it fails with.",
+    )
+    relay2 = seed("nat/relay/2")
+    v_good = nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: holder, 3: NAT_EXPIRES})
+    v_two = nat_voucher(relay2, {1: peer_id_of(relay2), 2: holder, 3: NAT_EXPIRES})
+    v_old = nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: holder, 3: NAT_NOW - 1})
+    v_other = nat_voucher(NAT_RELAY_SEED, {1: relay_id, 2: source, 3: NAT_EXPIRES})
+    e1 = [relay_id, address_value(("203.0.113.10", 4000))]
+    e2 = [peer_id_of(relay2), address_value(("2001:db8::20", 4000))]
+
+    def rec(value: dict[int, object]) -> bytes:
+        return record_bytes(NAT_PEER_SEED, {1: 2, 2: holder, 3: 1, 4: 3600, 5: value})
+
+    # fmt: off
+    entry_cases: list[tuple[str, bytes, list[str]]] = [
+        ("two relays with valid vouchers", rec({1: [a4], 2: [e1, e2], 3: [v_good, v_two]}),
+         ["Ipv6"]),
+        ("a voucher and a null", rec({1: [], 2: [e1, e2], 3: [v_good, None]}), []),
+        ("no key 3: no vouchers (a record of 03-dht revision 2)", rec({1: [a4], 2: [e1]}), []),
+        ("an expired voucher", rec({1: [], 2: [e1], 3: [v_old]}), ["Expired"]),
+        ("a voucher for another peer", rec({1: [], 2: [e1], 3: [v_other]}), ["Mismatch"]),
+        ("vouchers in the wrong order: each is another relay's", rec({1: [], 2: [e1, e2],
+                                                                     3: [v_two, v_good]}),
+         ["Mismatch"]),
+        ("key 3 shorter than key 2: ignored as a whole", rec({1: [], 2: [e1, e2], 3: [v_good]}),
+         ["Structure"]),
+        ("key 3 with an integer element: ignored as a whole", rec({1: [], 2: [e1], 3: [7]}),
+         ["Structure"]),
+        ("a malformed entry is skipped, the rest kept", rec({1: [], 2: [[relay_id[:31], a4], e1],
+                                                            3: [None, v_good]}),
+         ["Structure"]),
+    ]
+    # fmt: on
+    for comment, raw, flags in entry_cases:
+        record = dht.Record.parse(raw)
+        value = cbor2.loads(cbor2.loads(raw)[2])[5]
+        vouchers = value.get(3)
+        entries = value.get(2, [])
+        if not (isinstance(vouchers, list) and len(vouchers) == len(entries)
+                and all(v is None or isinstance(v, bytes) for v in vouchers)):  # fmt: skip
+            vouchers = [None] * len(entries)
+        relays: list[Json] = []
+        for (rid, addr), voucher in zip(entries, vouchers, strict=True):
+            if len(rid) != 32:
+                continue
+            if voucher is None:
+                verdict = "absent"
+            else:
+                body = cbor2.loads(cbor2.loads(voucher)[2])
+                verdict = ("NAT_VOUCHER_MISMATCH" if body[1] != rid or body[2] != holder else
+                           "NAT_VOUCHER_EXPIRED" if body[3] <= NAT_NOW else "valid")  # fmt: skip
+            relays.append({"relay": rid.hex(), "address": {"ip": addr[0].hex(), "port": addr[1]},
+                           "voucher": verdict})  # fmt: skip
+        ours = [{"relay": c.relay.hex(), "address": nat_addr(c.address),
+                 "voucher": "valid" if c.voucher else c.error.name if c.error else "absent"}
+                for c in nat.relays_of(record, NAT_NOW)]  # fmt: skip
+        if ours != relays:
+            abort(f"{comment}: relays_of reads {ours}")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R60",
+               input={"record": raw.hex(), "now": str(NAT_NOW)},
+               expected={"relays": relays})  # fmt: skip
+    return vf
+
+
+def reserve_model(config: Json, serving: bool, held: list[Json], peer: bytes, ip: str) -> str:
+    """04-nat-traversal.md 6.2 written out."""
+    if not serving:
+        return "NAT_RELAY_NOT_SERVING"
+
+    def ip_key(packed: str) -> str:
+        addr = ipaddress.ip_address(bytes.fromhex(packed))
+        return str(ipaddress.ip_network(f"{addr}/{32 if addr.version == 4 else 64}",
+                                        strict=False))  # fmt: skip
+
+    others = [h for h in held if h["peer"] != peer.hex()]
+    mine = ip_key(ip_packed(ip).hex())
+    if sum(1 for h in others if ip_key(h["ip"]) == mine) >= config["maxReservationsPerIp"]:
+        return "NAT_RELAY_IP_LIMIT"
+    if len(others) >= config["maxReservations"]:
+        return "NAT_RELAY_RESERVATION_LIMIT"
+    return "granted"
+
+
+def connect_model(
+    config: Json,
+    serving: bool,
+    reserved: list[bytes],
+    circuits: list[tuple[bytes, bytes]],
+    source: bytes,
+    target: bytes,
+) -> str:
+    """04-nat-traversal.md 6.4 written out."""
+    if not serving:
+        return "NAT_RELAY_NOT_SERVING"
+    if source == target:
+        return "NAT_UNEXPECTED_MESSAGE"
+    if target not in reserved:
+        return "NAT_RELAY_NO_RESERVATION"
+    per_peer = config["maxCircuitsPerPeer"]
+    if (len(circuits) >= config["maxCircuits"]
+            or sum(1 for _, t in circuits if t == target) >= per_peer
+            or sum(1 for s, _ in circuits if s == source) >= per_peer):  # fmt: skip
+        return "NAT_RELAY_CIRCUIT_LIMIT"
+    return "open"
+
+
+def run_observed(reports: list[Json], now: int) -> Json:
+    """What a Reachability core makes of the reports of an observed-address vector."""
+    reach = nat.Reachability(ScriptedRng("nat/reach"), 0.0)
+    for r in reports:
+        reach.observe(bytes.fromhex(r["reporter"]),
+                      (str(ipaddress.ip_address(bytes.fromhex(r["address"]["ip"]))),
+                       r["address"]["port"]),
+                      (str(ipaddress.ip_address(bytes.fromhex(r["observed"]["ip"]))),
+                       r["observed"]["port"]), float(r["time"]))  # fmt: skip
+    reach.handle_timer(float(now))
+    return {
+        "confirmed": [{"address": nat_addr(a), "reporters": n} for a, n in reach.confirmed_counts],
+        "mapping": {"v4": reach.mapping(4).value, "v6": reach.mapping(6).value},
+    }
+
+
+def run_reserve(given: Json) -> bytes | str:
+    """A RelayCore's answer to the RESERVE of a relay-reserve vector: a frame or a code."""
+    config = nat_relay_config(given["config"])
+    config.serving = given["serving"]
+    core = nat.RelayCore(identity.PrivateKey(bytes.fromhex(given["relaySeed"])), 0.0, config,
+                         int(given["now"]))  # fmt: skip
+    for h in given["held"]:
+        core.reserve(bytes.fromhex(h["peer"]), str(ipaddress.ip_address(bytes.fromhex(h["ip"]))),
+                     0.0)  # fmt: skip
+    incoming = given["incoming"]
+    core.accept_stream("in", bytes.fromhex(incoming["peer"]),
+                       str(ipaddress.ip_address(bytes.fromhex(incoming["ip"]))), 0.0)  # fmt: skip
+    core.receive("in", nat.encode_reserve(), 0.0)
+    send, close = core.actions(0.0)
+    assert isinstance(send, nat.Send) and isinstance(close, nat.Close)
+    fields = cbor2.loads(send.data)
+    return send.data if fields[0] == 4 else ErrorCode(fields[1]).name
+
+
+def run_connect(given: Json) -> bytes | str:
+    """A RelayCore's answer to the CONNECT of a relay-connect vector: INCOMING or a code."""
+    config = nat_relay_config(given["config"])
+    core = nat.RelayCore(identity.PrivateKey(NAT_RELAY_SEED), 0.0, config, NAT_NOW)
+    for peer in given["reserved"]:
+        core.reserve(bytes.fromhex(peer), "192.0.2.1", 0.0)
+    for n, circuit in enumerate(given["circuits"]):
+        core.accept_stream(("c", n), bytes.fromhex(circuit["source"]), "192.0.2.2", 0.0)
+        core.receive(("c", n), nat.encode_connect(bytes.fromhex(circuit["target"])), 0.0)
+        (opened,) = core.actions(0.0)
+        assert isinstance(opened, nat.Open)
+        core.receive(opened.stream, nat.encode_status(0), 0.0)
+        core.actions(0.0)
+    config.serving = given["serving"]
+    core.accept_stream("in", bytes.fromhex(given["source"]), "192.0.2.3", 0.0)
+    core.receive("in", nat.encode_connect(bytes.fromhex(given["target"])), 0.0)
+    first, *_ = core.actions(0.0)
+    if isinstance(first, nat.Open):
+        return first.data
+    assert isinstance(first, nat.Send)
+    return ErrorCode(cbor2.loads(first.data)[1]).name
+
+
+def run_forward(limit: int, packets: list[Json]) -> list[int] | str:
+    """A RelayCore forwarding the packets of a relay-forward vector."""
+    config = nat.RelayConfig(circuit_data=limit)
+    core = nat.RelayCore(identity.PrivateKey(NAT_RELAY_SEED), 0.0, config, NAT_NOW)
+    target, source = peer_id_of(seed("nat/peer/0")), peer_id_of(seed("nat/peer/1"))
+    core.reserve(target, "192.0.2.1", 0.0)
+    core.accept_stream("src", source, "192.0.2.2", 0.0)
+    core.receive("src", nat.encode_connect(target), 0.0)
+    (opened,) = core.actions(0.0)
+    assert isinstance(opened, nat.Open)
+    core.receive(opened.stream, nat.encode_status(0), 0.0)
+    core.actions(0.0)
+    handles = {"source": "src", "target": opened.stream}
+    for i, packet in enumerate(packets):
+        core.receive(handles[packet["from"]], bytes(packet["size"]), 0.0)
+        actions = core.actions(0.0)
+        closes = [a for a in actions if isinstance(a, nat.Close)]
+        if closes:
+            if i != len(packets) - 1:
+                abort("a RelayCore ended a circuit before the last packet")
+            return ErrorCode(closes[0].code).name
+    event = None
+    while (e := core.next_event()) is not None:
+        event = e
+    assert isinstance(event, nat.CircuitOpened)
+    forwarded = core.forwarded(event.circuit)
+    assert forwarded is not None
+    return list(forwarded)
+
+
+def run_plan(given: Json) -> Json:
+    """What starling.proto.nat plans for a punch-plan vector (its pure function)."""
+    cands = [(str(ipaddress.ip_address(bytes.fromhex(a["ip"]))), a["port"])
+             for a in given["candidates"]]  # fmt: skip
+    plan = nat.punch_plan(given["initiator"], given["round"], given["sentMs"] / 1000,
+                          given["answerMs"] / 1000, cands)  # fmt: skip
+    return {
+        "role": plan.role.value,
+        "rttMs": round(plan.rtt * 1000),
+        "startMs": round(plan.start * 1000),
+        "endMs": round(plan.end * 1000),
+        "probes": [{"atMs": round(at * 1000), "address": nat_addr(a)} for at, a in plan.probes],
+    }
+
+
+def live_plan(given: Json) -> Json:
+    """What a live Puncher does in round 1 of a punch-plan vector: the PINGs it sends, and
+    when the round ends without an answer."""
+    keys = nat.ProbeKeys.derive(seed("nat/plan/h"), seed("nat/plan/k1"), seed("nat/plan/k2"))
+    role = ses.Role.RESPONDER if given["initiator"] else ses.Role.INITIATOR
+    paths = nat.PathProbes(keys, role, network_id("starling"), ScriptedRng("nat/plan"), 0.0)
+    peer = [[bytes.fromhex(a["ip"]), a["port"]] for a in given["candidates"]]
+    sent, answer = given["sentMs"] / 1000, given["answerMs"] / 1000
+    punch = paths.start_punch(given["initiator"], [], sent)
+    if given["initiator"]:
+        punch.frames_to_send()
+        punch.receive(nat_frame({0: 2, 1: 1, 2: peer}), answer)
+    else:
+        punch.receive(nat_frame({0: 2, 1: 1, 2: peer}), sent)
+        punch.receive(nat_frame({0: 4, 1: 1}), answer)
+    probes: list[Json] = [{"atMs": round(answer * 1000), "address": nat_addr(a)}
+                          for _, a in paths.datagrams_to_send(answer)]  # fmt: skip
+    end: float | None = None
+    while (t := paths.get_timer()) is not None and end is None:
+        if punch.state is nat.PunchState.PUNCHING or punch.state is nat.PunchState.SCHEDULED:
+            paths.handle_timer(t)
+        probes += [{"atMs": round(t * 1000), "address": nat_addr(a)}
+                   for _, a in paths.datagrams_to_send(t)]  # fmt: skip
+        if punch.state not in (nat.PunchState.PUNCHING, nat.PunchState.SCHEDULED):
+            end = t  # the round ended without an answer
+    started = paths.next_event()
+    assert isinstance(started, nat.PunchRoundStarted)
+    return {
+        "role": started.role.value,
+        "rttMs": round(started.rtt * 1000),
+        "startMs": round(started.start * 1000),
+        "endMs": round((end or 0.0) * 1000),
+        "probes": probes,
+    }
+
+
+# Worked examples of 04-nat-traversal.md, hard-coded from the spec.
+SPEC_NAT: dict[str, Any] = {
+    "keys": [
+        "19b2a71a9a305d13",
+        "997760cb71e099f9e742fc8240456cc76fe911e6fd8116d4a2bd077989158051",
+        "a92fdd772867e6422307df1711600f15d6d52fc7ef95a455b54f006b0405e504",
+    ],
+    "ping": "0c01a5146c9aa5001820014819b2a71a9a305d1302480102030405060708038244c6336407190fa004"
+    "5080b34622ac03e0cea167a7cedd494a89",
+    "pong": "0c01a5146c9aa5001822014819b2a71a9a305d1302480102030405060708038244c0000201190fa004"
+    "50933856f122e585277b4ea89e42b3fd57",
+    "voucher": "a30158203d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c02584da3"
+    "015820a713ebff92a152c9673cf5d9a0e19850860c8ab3f428e1bc0b568c19b737206a025820efbc1c31b2d305"
+    "dbe9bde5573102e5a707c77143c2a302cf8b9bb2459135acb6031a6553ff100358400b61ec7dee88bebbbaa9b1"
+    "ec4e942bcc58a1ecabaf12217305909ae8343a00bcae09e1ba24dcbde830dedb2eb3cb740fa3fe3d207d46b97b"
+    "02af9ba9e07b6801",
+    "reservation-head": "a50004011a6553ff1002190708031a04",
+}
+
+
 # ----------------------------------------------------------------------------- main
 
 SUITES: dict[str, Callable[[], VectorFile]] = {
@@ -4202,6 +5542,7 @@ SUITES: dict[str, Callable[[], VectorFile]] = {
     "session": session_suite,
     "dht": dht_suite,
     "gossip": gossip_suite,
+    "nat": nat_suite,
 }
 
 

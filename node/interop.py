@@ -36,9 +36,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from starling.proto import codec, dht, gossip, identity
+from starling.proto import codec, dht, gossip, identity, nat
 from starling.proto import session as ses
-from starling.proto.errors import DhtError, ErrorCode, StarlingError
+from starling.proto.errors import DhtError, ErrorCode, NatError, StarlingError
 from starling.proto.network import DatagramKind, classify, control_header
 
 T = TypeVar("T")
@@ -564,6 +564,264 @@ def _run_gossip_sync_select(group: Json, test: Json) -> Outputs:
     return outputs
 
 
+# -- nat (04-nat-traversal.md) ------------------------------------------------------------
+
+_NAT_CONTEXTS = {
+    "control": nat.Protocol.CONTROL,
+    "relay": nat.Protocol.RELAY,
+    "punch": nat.Protocol.PUNCH,
+    "dial-back": nat.Protocol.DIAL_BACK,
+}
+_NAT_ROLES = {"initiator": ses.Role.INITIATOR, "responder": ses.Role.RESPONDER}
+
+
+def _nat_addr(given: Json) -> tuple[str, int]:
+    return (_ip_text(given["ip"]), given["port"])
+
+
+def _nat_json(addr: tuple[str, int]) -> Json:
+    return {"ip": ipaddress.ip_address(addr[0]).packed.hex(), "port": addr[1]}
+
+
+def _nat_keys(given: Json) -> nat.ProbeKeys:
+    return nat.ProbeKeys.derive(
+        bytes.fromhex(given["handshakeHash"]),
+        bytes.fromhex(given["k1"]),
+        bytes.fromhex(given["k2"]),
+    )
+
+
+def _nat_relay_config(config: Json, serving: bool = True) -> nat.RelayConfig:
+    return nat.RelayConfig(
+        serving=serving,
+        reservation_ttl=config["reservationTtl"],
+        circuit_duration=config["circuitDuration"],
+        circuit_data=config["circuitData"],
+        max_reservations=config["maxReservations"],
+        max_reservations_per_ip=config["maxReservationsPerIp"],
+        max_circuits=config["maxCircuits"],
+        max_circuits_per_peer=config["maxCircuitsPerPeer"],
+    )
+
+
+def _nat_refusal(actions: list[nat.RelayAction]) -> NatError:
+    """The STATUS code a relay answered with, as the error a vector names."""
+    send = actions[0]
+    if not isinstance(send, nat.Send):
+        raise Mismatch(f"the relay did {send}, not a STATUS")
+    kind, fields = nat.decode_message(nat.Protocol.RELAY, send.data)
+    if kind != nat.STATUS or fields is None or not isinstance(fields["code"], int):
+        raise Mismatch("the relay's answer is not a STATUS")
+    return NatError(ErrorCode(fields["code"]), "refused by the relay")
+
+
+def _run_nat_message(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    frame = codec.encode(from_typed(given["message"]))
+    expected = test["expected"].get("frame")
+    if expected is not None:  # valid vectors check the decoding direction too
+        wire = bytes.fromhex(expected)
+        kind, fields = nat.decode_message(_NAT_CONTEXTS[given["protocol"]], wire)
+        if fields is None:
+            raise Mismatch(f"the expected frame is of an unknown type {kind}")
+        decoded = to_typed(codec.decode(wire, nat.LIMITS))
+        if decoded != given["message"]:
+            raise Mismatch(f"the expected frame decodes to {json.dumps(decoded)}")
+    return {"frame": frame.hex()}
+
+
+def _run_nat_decode(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    kind, fields = nat.decode_message(
+        _NAT_CONTEXTS[given["protocol"]], bytes.fromhex(given["frame"])
+    )
+    return {"messageType": kind, "known": fields is not None}
+
+
+def _run_probe_keys(group: Json, test: Json) -> Outputs:
+    keys = _nat_keys(test["input"])
+    return {
+        "sessionTag": keys.tag.hex(),
+        "initiatorKey": keys.initiator.hex(),
+        "responderKey": keys.responder.hex(),
+    }
+
+
+def _run_probe_make(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    datagram = nat.make_probe(
+        _nat_keys(given),
+        _NAT_ROLES[given["sender"]],
+        bytes.fromhex(given["networkId"]),
+        given["type"],
+        bytes.fromhex(given["nonce"]),
+        _nat_addr(given["address"]),
+    )
+    return {"datagram": datagram.hex()}
+
+
+def _run_probe_open(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    probe = nat.open_probe(
+        _nat_keys(given),
+        _NAT_ROLES[given["receiver"]],
+        bytes.fromhex(given["networkId"]),
+        bytes.fromhex(given["datagram"]),
+    )
+    return {"type": probe.kind, "nonce": probe.nonce.hex(), "address": _nat_json(probe.address)}
+
+
+def _run_voucher_sign(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    relay = identity.PrivateKey(bytes.fromhex(given["relaySeed"]))
+    peer, expires = bytes.fromhex(given["peer"]), _uint(given["expires"])
+    raw = nat.make_voucher(relay, peer, expires)
+    if expires and nat.verify_voucher(raw, relay.peer_id.raw, peer, expires - 1).raw != raw:
+        raise Mismatch("the signed voucher does not check out")
+    return {"voucher": raw.hex()}
+
+
+def _run_voucher(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    voucher = nat.verify_voucher(
+        bytes.fromhex(given["voucher"]),
+        bytes.fromhex(given["relay"]),
+        bytes.fromhex(given["peer"]),
+        _uint(given["now"]),
+    )
+    return {
+        "relay": voucher.relay.hex(),
+        "peer": voucher.peer.hex(),
+        "expires": str(voucher.expires),
+    }
+
+
+def _run_observed_address(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    reach = nat.Reachability(bytes, 0.0)
+    for report in given["reports"]:
+        reach.observe(
+            bytes.fromhex(report["reporter"]),
+            _nat_addr(report["address"]),
+            _nat_addr(report["observed"]),
+            float(report["time"]),
+        )
+    reach.handle_timer(float(given["now"]))
+    return {
+        "confirmed": [
+            {"address": _nat_json(addr), "reporters": count}
+            for addr, count in reach.confirmed_counts
+        ],
+        "mapping": {"v4": reach.mapping(4).value, "v6": reach.mapping(6).value},
+    }
+
+
+def _run_dial_back_check(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    target = nat.check_dial_back(_nat_addr(given["observed"]), _nat_addr(given["requested"]))
+    return {"probeTo": _nat_json(target)}
+
+
+def _run_relay_reserve(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    config = _nat_relay_config(given["config"], given["serving"])
+    relay = identity.PrivateKey(bytes.fromhex(given["relaySeed"]))
+    core = nat.RelayCore(relay, 0.0, config, epoch_offset=_uint(given["now"]))
+    for held in given["held"]:
+        core.reserve(bytes.fromhex(held["peer"]), _ip_text(held["ip"]), 0.0)
+    incoming = given["incoming"]
+    core.accept_stream("in", bytes.fromhex(incoming["peer"]), _ip_text(incoming["ip"]), 0.0)
+    core.receive("in", nat.encode_reserve(), 0.0)
+    actions = core.actions(0.0)
+    first = actions[0]
+    if isinstance(first, nat.Send) and nat.decode_message(nat.Protocol.RELAY, first.data)[0] == (
+        nat.RESERVATION
+    ):
+        return {"frame": first.data.hex()}
+    raise _nat_refusal(actions)
+
+
+def _run_relay_connect(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    config = _nat_relay_config(given["config"])
+    core = nat.RelayCore(identity.PrivateKey(bytes(32)), 0.0, config)
+    for peer in given["reserved"]:
+        core.reserve(bytes.fromhex(peer), "192.0.2.1", 0.0)
+    for n, circuit in enumerate(given["circuits"]):
+        core.accept_stream(("held", n), bytes.fromhex(circuit["source"]), "192.0.2.2", 0.0)
+        core.receive(("held", n), nat.encode_connect(bytes.fromhex(circuit["target"])), 0.0)
+        opened = core.actions(0.0)[0]
+        if not isinstance(opened, nat.Open):
+            raise Mismatch(f"held circuit {n} was refused: {opened}")
+        core.receive(opened.stream, nat.encode_status(0), 0.0)
+        core.actions(0.0)
+    config.serving = given["serving"]
+    core.accept_stream("in", bytes.fromhex(given["source"]), "192.0.2.3", 0.0)
+    core.receive("in", nat.encode_connect(bytes.fromhex(given["target"])), 0.0)
+    actions = core.actions(0.0)
+    if isinstance(actions[0], nat.Open):
+        return {"incoming": actions[0].data.hex()}
+    raise _nat_refusal(actions)
+
+
+def _run_relay_forward(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    core = nat.RelayCore(
+        identity.PrivateKey(bytes(32)), 0.0, nat.RelayConfig(circuit_data=given["dataLimit"])
+    )
+    target, source = bytes([1]) * 32, bytes([2]) * 32
+    core.reserve(target, "192.0.2.1", 0.0)
+    core.accept_stream("source", source, "192.0.2.2", 0.0)
+    core.receive("source", nat.encode_connect(target), 0.0)
+    opened = core.actions(0.0)[0]
+    assert isinstance(opened, nat.Open)
+    core.receive(opened.stream, nat.encode_status(0), 0.0)
+    core.actions(0.0)
+    streams = {"source": "source", "target": opened.stream}
+    packets = given["packets"]
+    for i, packet in enumerate(packets):
+        core.receive(streams[packet["from"]], bytes(packet["size"]), 0.0)
+        closes = [a for a in core.actions(0.0) if isinstance(a, nat.Close)]
+        if closes:
+            if i < len(packets) - 1:
+                raise Mismatch(f"the circuit ended on packet {i}, before the last one")
+            raise NatError(ErrorCode(closes[0].code), "the relay ended the circuit")
+    forwarded = core.forwarded(1)
+    if forwarded is None:
+        raise Mismatch("the circuit is gone")
+    return {"forwarded": list(forwarded)}
+
+
+def _run_punch_plan(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    plan = nat.punch_plan(
+        given["initiator"],
+        given["round"],
+        given["sentMs"] / 1000,
+        given["answerMs"] / 1000,
+        [_nat_addr(a) for a in given["candidates"]],
+    )
+    return {
+        "role": plan.role.value,
+        "rttMs": round(plan.rtt * 1000),
+        "startMs": round(plan.start * 1000),
+        "endMs": round(plan.end * 1000),
+        "probes": [{"atMs": round(at * 1000), "address": _nat_json(a)} for at, a in plan.probes],
+    }
+
+
+def _run_relay_entries(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    record = dht.Record.parse(bytes.fromhex(given["record"]))
+    relays = []
+    for entry in nat.relays_of(record, _uint(given["now"])):
+        verdict = "valid" if entry.voucher else entry.error.name if entry.error else "absent"
+        relays.append(
+            {"relay": entry.relay.hex(), "address": _nat_json(entry.address), "voucher": verdict}
+        )
+    return {"relays": relays}
+
+
 SUITES: Mapping[str, Mapping[str, TestRunner]] = {
     "codec": {"cbor": _run_cbor, "message": _run_message},
     "identity": {
@@ -598,6 +856,22 @@ SUITES: Mapping[str, Mapping[str, TestRunner]] = {
         "gossip-message": _run_gossip_message,
         "gossip-decode": _run_gossip_decode,
         "sync-select": _run_gossip_sync_select,
+    },
+    "nat": {
+        "nat-message": _run_nat_message,
+        "nat-decode": _run_nat_decode,
+        "probe-keys": _run_probe_keys,
+        "probe-make": _run_probe_make,
+        "probe-open": _run_probe_open,
+        "voucher-sign": _run_voucher_sign,
+        "voucher": _run_voucher,
+        "observed-address": _run_observed_address,
+        "dial-back-check": _run_dial_back_check,
+        "relay-reserve": _run_relay_reserve,
+        "relay-connect": _run_relay_connect,
+        "relay-forward": _run_relay_forward,
+        "punch-plan": _run_punch_plan,
+        "relay-entries": _run_relay_entries,
     },
 }
 """Suite name -> group type -> runner. A group type missing here is "unsupported"."""

@@ -25,8 +25,8 @@ class ErrorCode(IntEnum):
     """The error-code registry.
 
     Ranges: 0x0000 no error, 0x01xx codec, 0x02xx identity, 0x03xx signatures,
-    0x04xx secure sessions, 0x05xx DHT, 0x06xx gossip. QUIC application close and
-    stream reset codes use these same numbers.
+    0x04xx secure sessions, 0x05xx DHT, 0x06xx gossip, 0x07xx NAT traversal and
+    relays. QUIC application close and stream reset codes use these same numbers.
     """
 
     NO_ERROR = 0x0000
@@ -128,6 +128,32 @@ class ErrorCode(IntEnum):
     GOSSIP_SYNC_LIMIT = 0x060E
     GOSSIP_IDONTWANT_LIMIT = 0x060F
 
+    # -- 0x07xx: NAT traversal, probes, relays, punching (spec/04-nat-traversal.md) ----
+    NAT_MALFORMED = 0x0701
+    NAT_UNEXPECTED_MESSAGE = 0x0702
+    NAT_PROBE_AUTH = 0x0703
+    NAT_PROBE_UNSOLICITED = 0x0704
+    NAT_PROBE_RATE_LIMITED = 0x0705
+    NAT_DIAL_BACK_ADDRESS = 0x0710
+    NAT_DIAL_BACK_RATE_LIMITED = 0x0711
+    NAT_DIAL_BACK_NOT_SERVING = 0x0712
+    NAT_DIAL_BACK_TIMEOUT = 0x0713
+    NAT_VOUCHER_INVALID = 0x0720
+    NAT_VOUCHER_EXPIRED = 0x0721
+    NAT_VOUCHER_MISMATCH = 0x0722
+    NAT_RELAY_NOT_SERVING = 0x0730
+    NAT_RELAY_RESERVATION_LIMIT = 0x0731
+    NAT_RELAY_IP_LIMIT = 0x0732
+    NAT_RELAY_NO_RESERVATION = 0x0733
+    NAT_RELAY_CIRCUIT_LIMIT = 0x0734
+    NAT_RELAY_DURATION_LIMIT = 0x0735
+    NAT_RELAY_DATA_LIMIT = 0x0736
+    NAT_RELAY_TARGET_UNREACHABLE = 0x0737
+    NAT_RELAY_TARGET_REFUSED = 0x0738
+    NAT_RELAY_PACKET_SIZE = 0x0739
+    NAT_PUNCH_FAILED = 0x0740
+    NAT_PUNCH_TIMEOUT = 0x0741
+
 
 class StarlingError(Exception):
     """Base of every error Starling raises on purpose.
@@ -170,6 +196,10 @@ class DhtError(RemoteProtocolError):
 
 class GossipError(RemoteProtocolError):
     """A gossip message or signed message that breaks spec/05-gossip.md."""
+
+
+class NatError(RemoteProtocolError):
+    """A probe, relay, punch or dial-back message that breaks spec/04-nat-traversal.md."""
 
 
 class SessionError(RemoteProtocolError):

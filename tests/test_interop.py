@@ -9,11 +9,14 @@ What is checked here:
 * our implementation passes every vector, the codec suite reaches every
   decoder error code, the session suite every code the sans-IO session
   core can raise, the dht suite every record, proof, token and store code,
-  and the gossip suite every message type and every signed-message code;
+  the gossip suite every message type and every signed-message code, and the
+  nat suite every message of its four contexts and every code that is not
+  about timing or rates;
 * structurally valid envelopes, handshake payloads, stream headers and DHT
   records match their CDDL rule (pycddl), and so do the payloads and stream
   headers of the handshake transcripts, the bodies of the DHT messages, the
-  gossip messages and the signed gossip messages;
+  gossip messages and the signed gossip messages, the NAT messages (each
+  against its context's rule) and the vouchers;
 * the harness contract: ``run_main`` for our implementation, ``verify_main``
   driving an external command.
 """
@@ -50,6 +53,7 @@ SUITE_FILES = {
     "session": "session.json",
     "dht": "dht.json",
     "gossip": "gossip.json",
+    "nat": "nat.json",
 }
 
 Json = dict[str, Any]
@@ -353,6 +357,135 @@ def test_gossip_runner_checks_both_directions(capsys: pytest.CaptureFixture[str]
     assert f"tcId {test['tcId']}" in capsys.readouterr().err
 
 
+# NAT codes that only a node running over time meets (timeouts, rates, limits that need a
+# clock, a target's answer, a punch's rounds) or that only its runtime can detect; the nat
+# vectors test messages, keys, MACs, vouchers and the decisions that are pure functions.
+# tests/test_nat_core.py drives the cores through each of these.
+BEHAVIOUR_ONLY_NAT_CODES = {
+    ErrorCode.NAT_PROBE_UNSOLICITED,
+    ErrorCode.NAT_PROBE_RATE_LIMITED,
+    ErrorCode.NAT_DIAL_BACK_RATE_LIMITED,
+    ErrorCode.NAT_DIAL_BACK_NOT_SERVING,
+    ErrorCode.NAT_DIAL_BACK_TIMEOUT,
+    ErrorCode.NAT_RELAY_DURATION_LIMIT,
+    ErrorCode.NAT_RELAY_TARGET_UNREACHABLE,
+    ErrorCode.NAT_RELAY_TARGET_REFUSED,
+    ErrorCode.NAT_PUNCH_FAILED,
+    ErrorCode.NAT_PUNCH_TIMEOUT,
+}
+NAT_CONTEXT_RULES = {
+    "control": "nat-control",
+    "relay": "relay-message",
+    "punch": "punch-message",
+    "dial-back": "dial-back-message",
+}
+
+
+def test_nat_vectors_cover_every_message_and_pure_code() -> None:
+    vectors = load(VECTORS / "nat.json")
+    groups = {g["type"] for g in vectors["testGroups"]}
+    assert groups == {
+        "nat-message",
+        "nat-decode",
+        "probe-keys",
+        "probe-make",
+        "probe-open",
+        "voucher-sign",
+        "voucher",
+        "observed-address",
+        "dial-back-check",
+        "relay-reserve",
+        "relay-connect",
+        "relay-forward",
+        "punch-plan",
+        "relay-entries",
+    }
+    seen = {
+        (
+            t["input"]["protocol"],
+            int({k["uint"]: v for k, v in t["input"]["message"]["map"]}["0"]["uint"]),
+        )
+        for g, t in each_test(vectors)
+        if g["type"] == "nat-message"
+    }
+    assert {(c, k) for c, k in seen if c != "control"} == {
+        ("relay", 2), ("relay", 4), ("relay", 6), ("relay", 8), ("relay", 10),
+        ("punch", 2), ("punch", 4), ("dial-back", 2), ("dial-back", 4),
+    }  # fmt: skip
+    probes = {t["input"]["type"] for g, t in each_test(vectors) if g["type"] == "probe-make"}
+    assert probes == {32, 34} and ("control", 36) in seen
+    nat_codes = {c.name for c in ErrorCode if c.name.startswith("NAT_")}
+    wanted = nat_codes - {c.name for c in BEHAVIOUR_ONLY_NAT_CODES}
+    assert wanted <= errors_in("nat") and errors_in("nat") & nat_codes == wanted
+    schema_codes = {c.name for c in ErrorCode if c.name.startswith("SCHEMA_")}
+    assert schema_codes <= errors_in("nat"), "decoding vectors reach every schema code"
+
+
+def test_nat_messages_match_the_nat_cddl() -> None:
+    nat_cddl = ROOT / "spec" / "cddl" / "nat.cddl"
+    rules = {ctx: cddl_schema(nat_cddl, rule) for ctx, rule in NAT_CONTEXT_RULES.items()}
+    vectors = load(VECTORS / "nat.json")
+    checked = 0
+    for g, t in each_test(vectors):
+        if g["type"] == "nat-message":
+            frame, context = bytes.fromhex(t["expected"]["frame"]), t["input"]["protocol"]
+        elif g["type"] == "probe-make":
+            frame, context = bytes.fromhex(t["expected"]["datagram"])[6:], "control"
+        elif g["type"] == "nat-decode" and t["result"] == "valid" and t["expected"]["known"]:
+            frame, context = bytes.fromhex(t["input"]["frame"]), t["input"]["protocol"]
+            if cbor2.loads(frame).keys() - {0, 1, 2, 3, 4}:
+                continue  # unknown odd keys: the rules list exactly what a sender writes
+        else:
+            continue
+        try:
+            rules[context].validate_cbor(frame)
+        except pycddl.ValidationError as exc:
+            raise AssertionError(f"{t['comment']}: {exc}") from None
+        checked += 1
+    assert checked >= 25
+    # Vouchers signed by the sign vectors, and peer record values with vouchers, match too.
+    voucher = cddl_schema(nat_cddl, "voucher-envelope")
+    value = cddl_schema(nat_cddl, "peer-record-value")
+    for g, t in each_test(vectors):
+        if g["type"] == "voucher-sign":
+            voucher.validate_cbor(bytes.fromhex(t["expected"]["voucher"]))
+        if g["type"] == "relay-entries" and t["comment"].startswith("two relays"):
+            envelope = cbor2.loads(bytes.fromhex(t["input"]["record"]))
+            value.validate_cbor(cbor2.dumps(cbor2.loads(envelope[2])[5]))
+    # The rules are exact: an extra even key, or a missing field, does not match.
+    reserve = cbor2.dumps({0: 2, 2: 0})
+    with pytest.raises(pycddl.ValidationError):
+        rules["relay"].validate_cbor(reserve)
+    with pytest.raises(pycddl.ValidationError):
+        rules["punch"].validate_cbor(cbor2.dumps({0: 2, 1: 1}))
+
+
+def test_nat_runner_checks_both_directions(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "nat.json")
+    test = first_test(vectors, "valid", "nat-message")
+    assert interop.run_suite("nat", vectors)[test["tcId"]] == interop.PASS
+    frame = bytearray.fromhex(test["expected"]["frame"])
+    frame[-1] ^= 1
+    test["expected"]["frame"] = frame.hex()
+    assert interop.run_suite("nat", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
+
+
+def test_nat_forward_runner_requires_the_fault_on_the_last_packet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vectors = load(VECTORS / "nat.json")
+    test = next(
+        t
+        for g, t in each_test(vectors)
+        if g["type"] == "relay-forward" and t["result"] == "invalid"
+    )
+    assert interop.run_suite("nat", vectors)[test["tcId"]] == interop.PASS
+    test["input"]["packets"].append({"from": "source", "size": 1})
+    assert interop.run_suite("nat", vectors)[test["tcId"]] == interop.FAIL
+    assert "before the last one" in capsys.readouterr().err
+
+
 def test_rfc8032_test_1_is_pinned() -> None:
     vectors = load(VECTORS / "identity.json")
     derivations = [t for g, t in each_test(vectors) if g["type"] == "key-derivation"]
@@ -503,6 +636,7 @@ def test_there_are_cddl_groups() -> None:
     assert suites.count("session") == 2  # handshake payloads and stream headers
     assert suites.count("dht") == 1  # record envelopes, their payloads through .cbor
     assert suites.count("gossip") == 1  # signed messages, their payloads through .cbor
+    assert suites.count("nat") == 1  # vouchers, their payloads through .cbor
 
 
 @pytest.mark.parametrize(("suite", "group"), list(cddl_groups()))
