@@ -266,6 +266,7 @@ class Stream:
         self._reader = reader
         self._frames: deque[bytes] = deque()
         self._held = 0  # received bytes (as framed on the wire) not yet read
+        self._discarding = False  # the handler is done: what arrives is dropped
         self._readable = asyncio.Event()
         self._eof = False
         self._send_closed = False
@@ -335,6 +336,8 @@ class Stream:
             yield frame
 
     def _deliver(self, frames: list[bytes], end: bool) -> None:
+        if self._discarding:
+            frames = []
         if frames:
             self._frames.extend(frames)
             held = sum(map(len, frames)) + FRAME_OVERHEAD * len(frames)
@@ -349,9 +352,14 @@ class Stream:
         if self._error is None:
             self._error = error
         self._readable.set()
-        if self._held:  # nobody will read these: they no longer count against the window
+        self._discard_unread()  # nobody will read these
+
+    def _discard_unread(self, from_now_on: bool = False) -> None:
+        if self._held:  # they no longer count against the receive windows
             self._frames.clear()
             self._release(self._held)
+        if from_now_on:  # and nothing that still arrives will be read either
+            self._discarding = True
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -669,6 +677,10 @@ class Session:
         except Exception:
             log.exception("handler for %s failed", stream.protocol)
             stream.reset(ErrorCode.SESSION_SHUTDOWN)
+        finally:
+            # Frames the handler left unread will never be read: they stop counting
+            # against the session's receive windows, and so does whatever follows.
+            stream._discard_unread(from_now_on=True)
 
     def _on_handshake_timeout(self) -> None:
         # [SES-R18]: a handshake that does not finish in time is abandoned.

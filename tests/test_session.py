@@ -350,6 +350,37 @@ def test_receive_windows_follow_what_the_application_reads() -> None:
     run(main)
 
 
+def test_data_a_handler_leaves_unread_does_not_stall_the_session() -> None:
+    """Streams whose handler returns without reading release their share of the
+    session's window: 8 MiB sent to such handlers, then a normal stream completes."""
+
+    async def ignore(stream: Stream) -> None:
+        return
+
+    async def main() -> None:
+        server = await start("server", None, {SINK: sink, "starling/ignore/1": ignore})
+        client = await start("client")
+        session = await client.connect(server.addresses[0])
+
+        async def send(protocol: str, payload: bytes) -> Stream:
+            stream = await session.open_stream(protocol)
+            for i in range(0, len(payload), MAX_FRAME_PLAINTEXT):
+                await stream.send(payload[i : i + MAX_FRAME_PLAINTEXT])
+            await stream.close()
+            return stream
+
+        junk = bytes(2 * 1024 * 1024)
+        await asyncio.wait_for(
+            asyncio.gather(*(send("starling/ignore/1", junk) for _ in range(4))), 30
+        )
+        data = random.Random(3).randbytes(1024 * 1024)
+        stream = await asyncio.wait_for(send(SINK, data), 30)
+        assert await asyncio.wait_for(stream.recv(), 30) == hashlib.sha256(data).digest()
+        assert server.sessions[0]._held_total == 0
+
+    run(main)
+
+
 def test_two_processes_100_mb_over_8_parallel_streams() -> None:
     peer = subprocess.Popen(
         [sys.executable, "-m", "tests.peers.sink_node"],
