@@ -1,8 +1,10 @@
 """The node's UDP endpoint: one socket per address family carries everything.
 
 Datagrams are classified by their first bytes (``starling.proto.network``):
-QUIC packets go to the QUIC handler, control datagrams of our network to the
-control handler, and everything else is dropped and counted, never raised.
+QUIC packets go to the QUIC handler, path probes (PATH_PING, PATH_PONG) to the
+probe handler (the node hands them to their session by tag), other control
+datagrams of our network to the control handler (the DHT), and everything
+else is dropped and counted, never raised.
 
 Reading: asyncio's datagram transport reads one datagram per event-loop
 iteration. The default ``reader="drain"`` instead registers the socket with
@@ -22,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from starling.proto.nat import PATH_PING, PATH_PONG, peek_control_type
 from starling.proto.network import DatagramKind, classify
 
 Address = tuple[str, int]
@@ -29,6 +32,7 @@ Handler = Callable[[bytes, Address], None]
 
 _DRAIN_CAP = 256  # datagrams per readiness callback before yielding to the loop
 _RECV_SIZE = 65535
+_PROBE_TYPES = (PATH_PING, PATH_PONG)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Endpoint:
         self.reader = reader
         self.on_quic: Handler = lambda data, addr: None
         self.on_control: Handler = lambda data, addr: None
+        self.on_probe: Handler = lambda data, addr: None
         self.stats: Counter[str] = Counter()
         self._sockets: list[_Socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +152,10 @@ class Endpoint:
             self.on_quic(data, addr)
         elif kind is DatagramKind.CONTROL:
             self.stats["rx_control"] += 1
-            self.on_control(data, addr)
+            if peek_control_type(data) in _PROBE_TYPES:
+                self.on_probe(data, addr)
+            else:
+                self.on_control(data, addr)
         else:
             self.stats[f"dropped_{kind.value}"] += 1
 

@@ -33,8 +33,8 @@ import os
 import ssl
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer
@@ -55,6 +55,7 @@ from cryptography.x509.oid import NameOID
 
 from starling.proto.errors import ErrorCode, LocalProtocolError, SessionError
 from starling.proto.identity import PeerId, PrivateKey
+from starling.proto.nat import PathConfig, peek_session_tag
 from starling.proto.network import MAIN_NETWORK_ID
 from starling.proto.session import (
     ALPN,
@@ -71,6 +72,12 @@ from starling.proto.session import (
 )
 
 from .endpoint import Address, Endpoint
+from .path import SessionPath
+
+if TYPE_CHECKING:
+    from starling.proto.dht import Record
+
+    from .relay import Circuit, RelayService
 
 log = logging.getLogger("starling.session")
 
@@ -143,6 +150,15 @@ class NodeConfig:
     max_data: int = 4 << 20
     # QUIC v1 only (RFC 9000): aioquic would also prepare v2's Initial keys per connection.
     quic_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,)
+    # The path layer (spec/04 section 8): probes and punching, how long a circuit stays
+    # open as a standby once the session moved to a direct path [NAT-R51], the head
+    # start of direct addresses over relays when dialling a peer ID (8.2), and addresses
+    # this node may be reached at besides its sockets' (confirmed or configured).
+    path: PathConfig = field(default_factory=PathConfig)
+    circuit_standby: float = 30.0
+    punch: bool = True  # relayed sessions try to go direct (spec/04 section 7)
+    direct_head_start: float = 0.25
+    candidates: tuple[Address, ...] = ()
 
 
 # ----------------------------------------------------------------------------- QUIC glue
@@ -285,8 +301,22 @@ class Stream:
             await self.session._wait_progress()
             self._check_send()
 
+    def send_nowait(self, data: bytes) -> None:
+        """Queue ``data`` as frames without waiting for the peer (callers bound it)."""
+        self._check_send()
+        self.session._send(self.stream_id, self._writer.seal_many(bytes(data)))
+
+    @property
+    def unacked(self) -> int:
+        """Bytes sent on this stream and not yet acknowledged."""
+        return self.session._unacked(self.stream_id)
+
     async def close(self) -> None:
         """Finish our direction (FIN); the peer reads to the end, then sees end of stream."""
+        self.finish()
+
+    def finish(self) -> None:
+        """``close()`` for synchronous callers."""
         if not self._send_closed and self._error is None and not self.session.closed:
             self._send_closed = True
             self.session._send(self.stream_id, b"", end_stream=True)
@@ -375,9 +405,14 @@ class Session:
         addr: Address,
         role: Role,
         expected_peer: PeerId | None,
+        circuit: Circuit | None = None,
     ) -> None:
         self.node = node
+        # Where the session was first reached: the peer's address, or for a session that
+        # came up through a relay, the relay's. QUIC itself only ever sees
+        # ``path.synthetic``; ``path`` decides where each packet goes [NAT-R50].
         self.remote_address = addr
+        self.path = SessionPath(self, None if circuit is not None else addr, circuit)
         self.role = role
         self._quic = quic
         self._loop = asyncio.get_running_loop()
@@ -443,7 +478,15 @@ class Session:
         if self.closed:
             raise self._closed.result()
         await asyncio.shield(self.ready)
-        assert self.keys is not None
+        return self.open_stream_nowait(protocol)
+
+    def open_stream_nowait(self, protocol: str) -> Stream:
+        """``open_stream`` for synchronous callers; the handshake must be complete."""
+        check_protocol_id(protocol)
+        if self.closed:
+            raise self._closed.result()
+        if self.keys is None:
+            raise LocalProtocolError(ErrorCode.SESSION_NOT_READY, "handshake not complete")
         stream_id = self._quic.get_next_available_stream_id()
         writer, reader = self.keys.stream_cipher(stream_id, self.node._max_frame(protocol))
         stream = Stream(self, stream_id, protocol, writer, reader)
@@ -458,8 +501,11 @@ class Session:
 
     # -- internals: I/O -------------------------------------------------------------
 
-    def _datagram_received(self, data: bytes, addr: Address) -> None:
-        self._quic.receive_datagram(data, addr, now=self._loop.time())
+    def _datagram_received(
+        self, data: bytes, addr: Address | None, circuit: Circuit | None = None
+    ) -> None:
+        self.path.received(addr, circuit)
+        self._quic.receive_datagram(data, self.path.synthetic, now=self._loop.time())
         self._last_activity = self._loop.time()
         self._process_events()
         self._transmit()
@@ -505,6 +551,8 @@ class Session:
             self._quic.stop_stream(stream_id, code)
         self._streams.pop(stream_id, None)
         self._inbound.pop(stream_id, None)
+        # Data the peer sent before it saw the reset is dropped, not taken for a new stream.
+        self._refused.add(stream_id)
         self._transmit_soon()
 
     def _held(self, stream_id: int | None) -> int:
@@ -529,8 +577,8 @@ class Session:
     def _transmit(self) -> None:
         self._transmit_handle = None
         now = self._loop.time()
-        for data, addr in self._quic.datagrams_to_send(now=now):
-            self.node._endpoint.sendto(data, addr)
+        for data, _ in self._quic.datagrams_to_send(now=now):
+            self.path.send(data)
         timer_at = self._quic.get_timer()
         if timer_at != self._timer_at:
             if self._timer is not None:
@@ -605,6 +653,7 @@ class Session:
         if hs.complete and self.keys is None:
             self.keys = hs.keys
             self._handshake_timer.cancel()
+            self.path.session_ready()
             self.node._on_ready(self)
             if not self.ready.done():
                 self.ready.set_result(self)
@@ -714,6 +763,7 @@ class Session:
             for task in list(self._tasks):
                 task.cancel()
             self._progress.set()
+            self.path.close()
             self.node._on_closed(self, error)
         if final:
             if self._timer is not None:
@@ -733,7 +783,17 @@ class Node:
         self.config = config
         self._endpoint = Endpoint(config.network_id, config.reader)
         self._endpoint.on_quic = self._on_quic
+        self._endpoint.on_probe = self._on_probe
         self._handlers: dict[str, StreamHandler] = {}
+        self._tags: dict[bytes, Session] = {}  # probe session tags [NAT-R20]
+        # NAT traversal: the relay service (node/relay.py) attaches itself here, and a
+        # resolver of peer records (the DHT's, node/dial.py) lets connect() take a peer ID.
+        self.relay: RelayService | None = None
+        self.resolver: Callable[[PeerId], Awaitable[Record | None]] | None = None
+        # Addresses peers saw us at (PONGs; the DHT's reports through ``reported``): punch
+        # candidates (spec/04, 7.2), newest last.
+        self.observed: dict[Address, float] = {}
+        self.reported: Callable[[], list[Address]] = list
         self._max_frames: dict[str, int] = {}
         self._routes: dict[bytes, Session] = {}
         self._sessions: set[Session] = set()
@@ -800,19 +860,65 @@ class Node:
             self._listeners.remove(queue.put_nowait)
 
     async def connect(
-        self, addr: Address, peer_id: PeerId | None = None, timeout: float | None = None
+        self,
+        addr: Address | PeerId,
+        peer_id: PeerId | None = None,
+        timeout: float | None = None,
     ) -> Session:
-        """Open a session to ``addr``; with ``peer_id``, only that peer is accepted [SES-R8]."""
+        """Open a session to ``addr``; with ``peer_id``, only that peer is accepted [SES-R8].
+
+        Given a peer ID instead of an address, reuse the open session with that peer, or
+        resolve its peer record and dial it directly or through its relays (spec/04, 8.2).
+        """
+        if isinstance(addr, PeerId):
+            from .dial import connect_peer
+
+            return await connect_peer(self, addr, None, timeout)
+        host = str(ipaddress.ip_address(addr[0]))
+        return await self._dial((host, int(addr[1])), peer_id, timeout, None)
+
+    async def connect_via(
+        self, circuit: Circuit, peer_id: PeerId, timeout: float | None = None
+    ) -> Session:
+        """Open a session to ``peer_id`` through an open relay circuit [NAT-R37]."""
+        return await self._dial(circuit.relay_address, peer_id, timeout, circuit)
+
+    def candidates(self) -> list[Address]:
+        """Where peers may reach us directly (spec/04, 7.2): configured and confirmed
+        addresses, then addresses peers observed, then our sockets' own, at most 8."""
+        observed = sorted(self.observed, key=self.observed.__getitem__, reverse=True)
+        local = [a for a in self.addresses if not ipaddress.ip_address(a[0]).is_unspecified]
+        found = [*self.config.candidates, *self.reported(), *observed, *local]
+        return list(dict.fromkeys(found))[:8]
+
+    def _observed(self, addr: Address) -> None:
+        self.observed[addr] = asyncio.get_running_loop().time()
+        while len(self.observed) > 8:
+            del self.observed[min(self.observed, key=self.observed.__getitem__)]
+
+    def session_with(self, peer_id: PeerId | bytes) -> Session | None:
+        """The open session with ``peer_id`` whose handshake completed, if any."""
+        raw = peer_id.raw if isinstance(peer_id, PeerId) else bytes(peer_id)
+        for session in self._sessions:
+            if session.keys is not None and not session.closed and session.keys.peer_id.raw == raw:
+                return session
+        return None
+
+    async def _dial(
+        self,
+        addr: Address,
+        peer_id: PeerId | None,
+        timeout: float | None,
+        circuit: Circuit | None,
+    ) -> Session:
         if len(self._sessions) >= self.config.max_sessions:
             raise SessionClosed(ErrorCode.SESSION_LIMIT, "too many sessions", by_peer=False)
-        host = str(ipaddress.ip_address(addr[0]))
-        addr = (host, int(addr[1]))
         quic = _QuicConnection(configuration=self._quic_config(is_client=True))
         quic.x25519_only = self.config.x25519_only
-        session = Session(self, quic, addr, Role.INITIATOR, peer_id)
+        session = Session(self, quic, addr, Role.INITIATOR, peer_id, circuit)
         self._sessions.add(session)
         self._route(quic.host_cid, session)
-        quic.connect(addr, now=asyncio.get_running_loop().time())
+        quic.connect(session.path.synthetic, now=asyncio.get_running_loop().time())
         # msg1 rides with the client's first 1-RTT packet, right after the TLS Finished.
         quic.send_stream_data(HANDSHAKE_STREAM_ID, session._handshake.start())
         session._transmit()
@@ -859,6 +965,21 @@ class Node:
         return config
 
     def _on_quic(self, data: bytes, addr: Address) -> None:
+        self._receive_quic(data, addr, None)
+
+    def _on_relayed(self, data: bytes, circuit: Circuit) -> None:
+        """A packet that came through ``circuit``: routed like any QUIC packet [NAT-R50]."""
+        self._receive_quic(data, circuit.relay_address, circuit)
+
+    def _on_probe(self, data: bytes, addr: Address) -> None:
+        tag = peek_session_tag(data)
+        session = self._tags.get(tag) if tag is not None else None
+        if session is None:
+            self.stats["dropped_probe_unknown_session"] += 1
+            return
+        session.path.probe_received(data, addr)
+
+    def _receive_quic(self, data: bytes, addr: Address, circuit: Circuit | None) -> None:
         if not data[0] & 0x80:
             # Short header (RFC 9000, 17.3): the destination connection ID follows the
             # first byte directly. Most packets take this path; no full header parse.
@@ -866,7 +987,7 @@ class Node:
             if session is None:
                 self.stats["dropped_unknown_connection"] += 1
             else:
-                session._datagram_received(data, addr)
+                session._datagram_received(data, None if circuit else addr, circuit)
             return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
@@ -875,12 +996,14 @@ class Node:
             return
         session = self._routes.get(header.destination_cid)
         if session is not None:
-            session._datagram_received(data, addr)
+            session._datagram_received(data, None if circuit else addr, circuit)
             return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             self.stats["dropped_unknown_connection"] += 1
             return
         if header.version not in self.config.quic_versions:
+            if circuit is not None:
+                return
             self._endpoint.sendto(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
@@ -905,12 +1028,12 @@ class Node:
             original_destination_connection_id=header.destination_cid,
         )
         quic.x25519_only = self.config.x25519_only
-        session = Session(self, quic, addr, Role.RESPONDER, None)
+        session = Session(self, quic, addr, Role.RESPONDER, None, circuit)
         self._sessions.add(session)
         self._half_open[addr[0]] += 1
         self._route(header.destination_cid, session)
         self._route(quic.host_cid, session)
-        session._datagram_received(data, addr)
+        session._datagram_received(data, None if circuit else addr, circuit)
 
     def _route(self, cid: bytes, session: Session) -> None:
         self._routes[cid] = session
