@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from starling.proto import codec, dht, gossip, identity, nat
+from starling.proto import community as com
 from starling.proto import session as ses
 from starling.proto.errors import DhtError, ErrorCode, NatError, StarlingError
 from starling.proto.network import DatagramKind, classify, control_header
@@ -822,6 +823,95 @@ def _run_relay_entries(group: Json, test: Json) -> Outputs:
     return {"relays": relays}
 
 
+# -- community (06-community.md) -----------------------------------------------------------
+
+
+def _run_community_key(group: Json, test: Json) -> Outputs:
+    text = test["input"]["text"]
+    key = com.CommunityId.parse(text)
+    if text == text.lower() and key.text() != text:  # the encoding direction too
+        raise Mismatch(f"the key's text form is {key.text()}")
+    return {"publicKey": key.raw.hex()}
+
+
+def _run_community_entry_sign(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    author = identity.PrivateKey(bytes.fromhex(given["authorSeed"]))
+    raw = identity.seal(author, com.ENTRY_DOMAIN, codec.encode(from_typed(given["payload"])))
+    return {"entry": raw.hex(), "entryId": com.parse_entry(raw).id.hex()}
+
+
+def _run_community_entry(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    entry = com.parse_entry(bytes.fromhex(given["entry"]), bytes.fromhex(given["community"]))
+    return {
+        "entryId": entry.id.hex(),
+        "author": entry.author.hex(),
+        "kind": entry.kind,
+        "parents": [parent.hex() for parent in entry.parents],
+        "time": str(entry.time_ms),
+    }
+
+
+def _run_community_capability(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    raw, community = bytes.fromhex(given["capability"]), bytes.fromhex(given["community"])
+    cap = com.parse_capability(raw, community)
+    return {
+        "inviteId": cap.id.hex(),
+        "inviter": cap.inviter.hex(),
+        "role": int(cap.role),
+        "expires": str(cap.expires_ms),
+        "uses": cap.max_uses,
+        "nonce": cap.nonce.hex(),
+    }
+
+
+def _ip_hex(ip: str) -> str:
+    return ipaddress.ip_address(ip).packed.hex()
+
+
+def _run_community_invite_link(group: Json, test: Json) -> Outputs:
+    link = com.InviteLink.parse(test["input"]["text"])
+    peers = [
+        {
+            "peerId": hint.peer_id.hex(),
+            "addresses": [{"ip": _ip_hex(ip), "port": port} for ip, port in hint.addresses],
+            "relays": [
+                {"peerId": relay.hex(), "ip": _ip_hex(ip), "port": port}
+                for relay, (ip, port) in hint.relays
+            ],
+        }
+        for hint in link.peers
+    ]
+    return {"community": link.community.hex(), "inviteId": link.capability.id.hex(), "peers": peers}
+
+
+def _run_community_replay(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    community = bytes.fromhex(given["community"])
+    entries = [bytes.fromhex(raw) for raw in given["entries"]]
+    first: Outputs | None = None
+    for order in given["orders"]:
+        log = com.AuthorityLog(community)
+        for i in order:
+            log.add(entries[i])
+        outcomes = []
+        for raw in entries:
+            status = log.status(com.entry_id(raw))
+            outcome = {"status": status.status}
+            if status.code is not None:
+                outcome["error"] = status.code.name
+            outcomes.append(outcome)
+        result = {"state": log.state.summary(), "outcomes": outcomes}
+        if first is None:
+            first = result
+        elif result != first:
+            raise Mismatch(f"arrival order {order} gives another result than {given['orders'][0]}")
+    assert first is not None
+    return first
+
+
 SUITES: Mapping[str, Mapping[str, TestRunner]] = {
     "codec": {"cbor": _run_cbor, "message": _run_message},
     "identity": {
@@ -872,6 +962,14 @@ SUITES: Mapping[str, Mapping[str, TestRunner]] = {
         "relay-forward": _run_relay_forward,
         "punch-plan": _run_punch_plan,
         "relay-entries": _run_relay_entries,
+    },
+    "community": {
+        "community-key": _run_community_key,
+        "entry-sign": _run_community_entry_sign,
+        "entry": _run_community_entry,
+        "capability": _run_community_capability,
+        "invite-link": _run_community_invite_link,
+        "replay": _run_community_replay,
     },
 }
 """Suite name -> group type -> runner. A group type missing here is "unsupported"."""

@@ -110,3 +110,61 @@ def decode(text: str, hrp: str, size: int, what: str) -> bytes:
     if acc & ((1 << bits) - 1):
         raise IdentityError(ErrorCode.ID_TEXT_PADDING, f"{what} has non-zero padding bits", "ID-R7")
     return bytes(out)
+
+
+def decode_bytes(text: str, hrp: str, max_size: int, what: str) -> bytes:
+    """Parse ``text`` as the bech32m form of any number of bytes up to ``max_size``.
+
+    The same rules as :func:`decode` in the same order, but for data of variable
+    length (invite codes, spec/06-community.md): the length check of step 5 asks
+    for at least one data character, at most ``max_size`` bytes' worth, and a data
+    part whose bits beyond the last whole byte are fewer than five (a character
+    more would carry no byte) [ID-R6]; the padding bits must be zero [ID-R7].
+    """
+    if not text.isascii():
+        bad = next(i for i, ch in enumerate(text) if not ch.isascii())
+        raise IdentityError(
+            ErrorCode.ID_TEXT_CHARACTER,
+            f"{what} has the non-ASCII character {text[bad]!r} at position {bad}",
+            "ID-R5",
+        )
+    if text.lower() != text and text.upper() != text:
+        raise IdentityError(
+            ErrorCode.ID_TEXT_MIXED_CASE, f"{what} mixes upper and lower case", "ID-R4"
+        )
+    text = text.lower()
+    sep = text.rfind("1")
+    if sep < 1 or text[:sep] != hrp:
+        raise IdentityError(ErrorCode.ID_TEXT_PREFIX, f"{what} must start with '{hrp}1'", "ID-R5")
+    body = text[sep + 1 :]
+    for i, ch in enumerate(body):
+        if ch not in _CHAR_VALUE:
+            raise IdentityError(
+                ErrorCode.ID_TEXT_CHARACTER,
+                f"{what} has {ch!r} at position {sep + 1 + i}, not in the bech32 alphabet",
+                "ID-R5",
+            )
+    data_chars = len(body) - 6
+    if data_chars < 1 or data_chars * 5 // 8 > max_size or data_chars * 5 % 8 >= 5:
+        raise IdentityError(
+            ErrorCode.ID_TEXT_LENGTH,
+            f"{what} has {len(body)} characters after '{hrp}1', which is no whole number of "
+            f"bytes between 1 and {max_size}",
+            "ID-R6",
+        )
+    values = [_CHAR_VALUE[ch] for ch in body]
+    if _polymod(_hrp_expand(hrp) + values) != _BECH32M_CONST:
+        raise IdentityError(
+            ErrorCode.ID_TEXT_CHECKSUM, f"{what} checksum does not match (a typo?)", "ID-R6"
+        )
+    acc = bits = 0
+    out = bytearray()
+    for v in values[:-6]:
+        acc = (acc << 5) | v
+        bits += 5
+        if bits >= 8:
+            bits -= 8
+            out.append((acc >> bits) & 0xFF)
+    if acc & ((1 << bits) - 1):
+        raise IdentityError(ErrorCode.ID_TEXT_PADDING, f"{what} has non-zero padding bits", "ID-R7")
+    return bytes(out)

@@ -26,7 +26,8 @@ class ErrorCode(IntEnum):
 
     Ranges: 0x0000 no error, 0x01xx codec, 0x02xx identity, 0x03xx signatures,
     0x04xx secure sessions, 0x05xx DHT, 0x06xx gossip, 0x07xx NAT traversal and
-    relays. QUIC application close and stream reset codes use these same numbers.
+    relays, 0x08xx communities. QUIC application close and stream reset codes use
+    these same numbers.
     """
 
     NO_ERROR = 0x0000
@@ -154,6 +155,30 @@ class ErrorCode(IntEnum):
     NAT_PUNCH_FAILED = 0x0740
     NAT_PUNCH_TIMEOUT = 0x0741
 
+    # -- 0x08xx: communities: authority entries, invites (spec/06-community.md) -------
+    COMMUNITY_ENTRY_TOO_LARGE = 0x0801
+    COMMUNITY_ENTRY_MALFORMED = 0x0802
+    COMMUNITY_ENTRY_FORGED = 0x0803
+    COMMUNITY_WRONG_COMMUNITY = 0x0804
+    COMMUNITY_BAD_PARENTS = 0x0805
+    COMMUNITY_CREATE_INVALID = 0x0806
+    COMMUNITY_PARENT_REJECTED = 0x0807
+    COMMUNITY_PENDING_LIMIT = 0x0808
+    COMMUNITY_NOT_MEMBER = 0x0810
+    COMMUNITY_BANNED = 0x0811
+    COMMUNITY_NOT_PERMITTED = 0x0812
+    COMMUNITY_BAD_TARGET = 0x0813
+    COMMUNITY_UNKNOWN_CHANNEL = 0x0814
+    COMMUNITY_ALREADY_MEMBER = 0x0815
+    COMMUNITY_OVERRULED = 0x0816
+    COMMUNITY_INVITE_INVALID = 0x0820
+    COMMUNITY_INVITE_EXPIRED = 0x0821
+    COMMUNITY_INVITE_REVOKED = 0x0822
+    COMMUNITY_INVITE_EXHAUSTED = 0x0823
+    COMMUNITY_INVITE_NOT_PERMITTED = 0x0824
+    COMMUNITY_LINK_MALFORMED = 0x0830
+    COMMUNITY_LINK_TOO_LONG = 0x0831
+
 
 class StarlingError(Exception):
     """Base of every error Starling raises on purpose.
@@ -200,6 +225,10 @@ class GossipError(RemoteProtocolError):
 
 class NatError(RemoteProtocolError):
     """A probe, relay, punch or dial-back message that breaks spec/04-nat-traversal.md."""
+
+
+class CommunityError(RemoteProtocolError):
+    """An authority entry, invite or invite link that breaks spec/06-community.md."""
 
 
 class SessionError(RemoteProtocolError):

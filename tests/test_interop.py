@@ -54,6 +54,7 @@ SUITE_FILES = {
     "dht": "dht.json",
     "gossip": "gossip.json",
     "nat": "nat.json",
+    "community": "community.json",
 }
 
 Json = dict[str, Any]
@@ -876,3 +877,55 @@ def test_our_own_harness_through_the_external_contract(
     )
     assert interop.verify_main([], f"{sys.executable} {script}", False) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(" passed, 0 failed")
+
+
+# ----------------------------------------------------------------------------- community
+
+
+# Community codes that no vector of a pure function can show: a node's pending bound.
+LOCAL_ONLY_COMMUNITY_CODES = {ErrorCode.COMMUNITY_PENDING_LIMIT}
+
+
+def test_community_vectors_cover_every_group_and_code() -> None:
+    vectors = load(VECTORS / "community.json")
+    groups = {g["type"] for g in vectors["testGroups"]}
+    assert groups == {"community-key", "entry-sign", "entry", "capability", "invite-link", "replay"}
+    seen = errors_in("community")
+    for group, test in each_test(vectors):
+        if group["type"] == "replay":
+            seen |= {o["error"] for o in test["expected"]["outcomes"] if "error" in o}
+            assert len(test["input"]["orders"]) >= 4
+    wanted = {
+        code.name
+        for code in ErrorCode
+        if code.name.startswith("COMMUNITY_") and code not in LOCAL_ONLY_COMMUNITY_CODES
+    }
+    assert wanted - seen == set()
+    replays = [t for g, t in each_test(vectors) if g["type"] == "replay"]
+    statuses = {o["status"] for t in replays for o in t["expected"]["outcomes"]}
+    assert statuses == {"effective", "void", "rejected", "pending"}
+    assert {"ID_TEXT_CHECKSUM", "KEY_SMALL_ORDER"} <= seen
+
+
+def test_community_cddl_groups() -> None:
+    rules = sorted(g["cddl"]["rule"] for s, g in cddl_groups() if s == "community")
+    assert rules == ["authority-entry", "capability"]
+
+
+def test_community_replay_runner_checks_states_and_outcomes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vectors = load(VECTORS / "community.json")
+    test = next(
+        t
+        for g, t in each_test(vectors)
+        if g["type"] == "replay" and any(o["status"] == "void" for o in t["expected"]["outcomes"])
+    )
+    assert interop.run_suite("community", vectors)[test["tcId"]] == interop.PASS
+    for outcome in test["expected"]["outcomes"]:
+        if outcome["status"] == "void":
+            outcome["status"] = "effective"
+            del outcome["error"]
+            break
+    assert interop.run_suite("community", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
