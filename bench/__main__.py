@@ -1,7 +1,7 @@
 """``python -m bench NAME [options]``: run one benchmark, chosen by name from a table.
 
 A benchmark is a module with ``main(argv) -> int``; add a row to ``BENCHMARKS``
-to add one (``nat``, ``community``, ``journey`` are planned).
+to add one (``community``, ``journey`` are planned).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "gossip": (
         "bench.gossip",
         "gossip on the simulator vs naive push and GossipSub v1.1; real sockets vs py-libp2p",
+    ),
+    "nat": (
+        "bench.nat",
+        "every pairing of NAT behaviours through the Linux NAT lab: path, timings (root)",
     ),
 }
 

@@ -21,7 +21,12 @@ Once the handshake completes, the session's ``PathProbes`` exist: they keep
 the direct path alive with PATH_PINGs below the NAT mapping lifetime and
 report ``PathLost`` after 3 unanswered ones [NAT-R52]; packets then go to the
 circuit again, or to a new circuit the source opens through the target's
-relays [NAT-R53]. A session that came up through a circuit punches: its
+relays [NAT-R53]. An authenticated PATH_PING from an address that is not where
+we send (the peer's NAT rebound after a conntrack flush or timeout, or we fell
+back to the relay while the peer still sends directly) draws one PING there;
+its PONG makes that address the direct path, so neither a relay's session nor a
+peer's follows a dead mapping until QUIC's idle timeout. A session that came up
+through a circuit punches: its
 target (the side that accepted INCOMING) opens ``starling/punch/1`` and runs
 the ``Puncher`` as initiator [NAT-R40]; the source answers. Once direct, the
 circuit stays open as a standby for at least ``circuit_standby`` seconds (30)
@@ -96,6 +101,7 @@ class SessionPath:
         self._last_rx_relay = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting = False
+        self._rebind: tuple[Address, float, bytes] | None = None  # (address, sent, nonce)
         self._closed = False
         if circuit is not None:
             self.attach(circuit)
@@ -218,10 +224,52 @@ class SessionPath:
     # -- probes ---------------------------------------------------------------------------
 
     def probe_received(self, data: bytes, addr: Address) -> None:
-        if self.probes is None or self._closed:
+        probes = self.probes
+        if probes is None or self._closed:
             return
-        self.probes.receive(data, addr, self._loop.time())
+        now = self._loop.time()
+        pongs = probes.stats["pongs_sent"]
+        probes.receive(data, addr, now)
+        if probes.stats["pongs_sent"] > pongs:  # an authenticated PING came from ``addr``
+            self._peer_seen_at(addr, now)
+        self._rebind_validated(addr, now)
         self._drain()
+
+    def _peer_seen_at(self, addr: Address, now: float) -> None:
+        """The peer sent an authenticated PING from ``addr``. When that is not where we send
+        (its NAT rebound after a conntrack flush or a timeout, or we fell back to the relay
+        while it still sends directly), PING ``addr`` once per probe timeout; its PONG makes
+        it the direct path (make before break [NAT-R51]: QUIC keeps its synthetic address)."""
+        probes = self.probes
+        assert probes is not None
+        if addr == probes.direct or (probes.punch is not None and not probes.punch.finished):
+            return
+        pending = self._rebind
+        if pending is not None and pending[0] == addr and now - pending[1] < self._rebind_wait():
+            return
+        self._rebind = (addr, now, probes.probe(addr, now))
+        self.stats["rebind_probes"] += 1
+
+    def _rebind_validated(self, addr: Address, now: float) -> None:
+        pending, probes = self._rebind, self.probes
+        if pending is None or probes is None or pending[0] != addr:
+            return
+        if now - pending[1] > self._rebind_wait():
+            self._rebind = None
+            return
+        # PathProbes keeps a PING's nonce until its PONG validates it (or it expires, 30 s);
+        # with no direct path the core itself reports PathValidated.
+        if pending[2] in probes._outstanding:
+            return
+        self._rebind = None
+        if probes.direct is not None and probes.direct != addr:
+            probes.set_direct(addr, now)
+            self.stats["rebinds"] += 1
+            self._direct_since = now
+            self._moved("direct", addr)
+
+    def _rebind_wait(self) -> float:
+        return self.node.config.path.probe_timeout_max
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -1,34 +1,52 @@
-"""A Starling node for the NAT lab (tests/test_nat_lab.py), one per namespace.
+"""A Starling node for the NAT lab (tests/test_nat_lab.py, bench/nat.py), one per namespace.
 
 ``python -m tests.peers.nat_node '<json>'`` with ``{"seed": hex, "host": ip, "port": n}``
-and, for a relay, ``"relay": true``; for a peer, ``"via": [ip, port, relay peer ID hex]``.
-A relay serves relaying and the DHT; a peer bootstraps the DHT through the relay (its
-PONGs report the peer's public address: punch candidates), reserves a slot there and
-prints its peer record. Then one JSON command per stdin line, one JSON answer each:
+and, for a relay, ``"relay": true`` (``"limits": {...}``: ``RelayConfig`` fields); for a
+peer, ``"via": [ip, port, relay peer ID hex]``. A relay serves relaying and the DHT; a
+peer bootstraps the DHT through the relay (its PONGs report the peer's public address:
+punch candidates), reserves a slot there and prints its peer record (or, when the relay
+refuses, ``{"refused": code name}``). Then one JSON command per stdin line, one JSON
+answer each:
 
 * ``{"op": "dial", "peer": hex, "record": hex}``: connect by peer ID through the record,
   then send ``size`` bytes on a sink stream (slowly, so the upgrade happens meanwhile),
   and answer with the hash, the path history and the final path;
+* ``{"op": "open", "peer": hex, "record": hex}``: connect, time the first echoed byte
+  and the round trip over the first path, then keep a sink stream flowing (``chunk``
+  bytes every ``pause`` seconds) until ``finish``;
+* ``{"op": "wait", "until": "direct" | "relay" | "settled" | "moved", "timeout": s}``:
+  until the session's path is that kind ("settled": direct, or a punch gave up;
+  "moved": the path changed, to the relay or to the peer's new address), then the round
+  trip on the path it is on;
+* ``{"op": "finish"}``: close the flowing stream; the hash check, history and stats;
 * ``{"op": "state"}``: the path of every session.
+
+Times in answers are milliseconds since the ``open`` or ``dial`` command arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import statistics
 import sys
 import time
+from typing import Any
 
 from starling.node.dht import start_dht
 from starling.node.dial import attach_dht, connect_peer
+from starling.node.path import SessionPath
 from starling.node.relay import RelayService
-from starling.node.session import Node, NodeConfig, Stream
+from starling.node.session import Node, NodeConfig, Session, Stream
 from starling.proto.dht import Record
+from starling.proto.errors import NatError
 from starling.proto.identity import PeerId, PrivateKey
 from starling.proto.nat import PathConfig, RelayConfig, make_peer_record
 
 SINK = "starling/sink/1"
+ECHO = "starling/echo/1"
 
 
 async def sink(stream: Stream) -> None:
@@ -39,8 +57,63 @@ async def sink(stream: Stream) -> None:
     await stream.close()
 
 
+async def echo(stream: Stream) -> None:
+    async for frame in stream:
+        await stream.send(frame)
+    await stream.close()
+
+
 def say(obj: object) -> None:
     print(json.dumps(obj), flush=True)
+
+
+async def round_trip_ms(session: Session, count: int = 5) -> float:
+    """The median time of ``count`` one-frame echoes on a fresh stream."""
+    loop = asyncio.get_running_loop()
+    stream = await session.open_stream(ECHO)
+    times = []
+    for i in range(count):
+        started = loop.time()
+        await stream.send(bytes([i]) * 32)
+        await asyncio.wait_for(stream.recv(), 10)
+        times.append((loop.time() - started) * 1000)
+    await stream.close()
+    return round(statistics.median(times), 3)
+
+
+class Flow:
+    """One dialled session and the sink stream that keeps flowing over it."""
+
+    def __init__(self, session: Session, stream: Stream, started: float) -> None:
+        self.session = session
+        self.stream = stream
+        self.started = started
+        self.digest = hashlib.sha256()
+        self.sent = 0
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def pump(self, chunk: int, pause: float) -> None:
+        # Stopped by a flag, not cancelled: a cancelled send might leave the hash unsure.
+        i = 0
+        while not self.stopping:
+            data = (i % 256).to_bytes(1, "big") * chunk
+            await self.stream.send(data)
+            self.digest.update(data)
+            self.sent += len(data)
+            i += 1
+            await asyncio.sleep(pause)
+
+    def ms(self, t: float) -> float:
+        return round((t - self.started) * 1000, 1)
+
+    def report(self) -> dict[str, Any]:
+        path = self.session.path
+        return {
+            "path": path.kind,
+            "history": [(self.ms(t), kind, str(where)) for t, kind, where in path.history],
+            "stats": dict(path.stats),
+        }
 
 
 async def main() -> None:
@@ -48,11 +121,13 @@ async def main() -> None:
     config = NodeConfig(
         host=args["host"],
         port=args["port"],
-        path=PathConfig(keepalive=2.0),
+        path=PathConfig(keepalive=args.get("keepalive", 2.0)),
         circuit_standby=args.get("standby", 30.0),
     )
-    node = await Node.start(PrivateKey(bytes.fromhex(args["seed"])), config, {SINK: sink})
-    relay = RelayService(node, serve=bool(args.get("relay")), config=RelayConfig())
+    handlers = {SINK: sink, ECHO: echo}
+    node = await Node.start(PrivateKey(bytes.fromhex(args["seed"])), config, handlers)
+    limits = RelayConfig(**args.get("limits", {}))
+    relay = RelayService(node, serve=bool(args.get("relay")), config=limits)
     loop = asyncio.get_running_loop()
     if args.get("relay"):
         await start_dht(node.identity, node.endpoint)
@@ -62,16 +137,17 @@ async def main() -> None:
         dht = await start_dht(node.identity, node.endpoint, [(ip, port)])
         attach_dht(node, dht)
         session = await node.connect((ip, port), peer_id=PeerId(bytes.fromhex(rid)))
-        await relay.reserve(session)
-        relay.keep_reserved((ip, port), PeerId(bytes.fromhex(rid)))
-        record = make_peer_record(node.identity, 1, 3600, [], relay.relay_entries())
-        say(
-            {
-                "peer_id": node.peer_id.raw.hex(),
-                "record": record.envelope.hex(),
-                "candidates": node.candidates(),
-            }
-        )
+        info: dict[str, Any] = {"peer_id": node.peer_id.raw.hex()}
+        try:
+            await relay.reserve(session)
+        except NatError as exc:  # e.g. over the relay's per-IP cap: the test wants the code
+            info["refused"] = exc.code.name
+        else:
+            relay.keep_reserved((ip, port), PeerId(bytes.fromhex(rid)))
+            record = make_peer_record(node.identity, 1, 3600, [], relay.relay_entries())
+            info["record"] = record.envelope.hex()
+        say({**info, "candidates": node.candidates()})
+    flow: Flow | None = None
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
@@ -95,6 +171,58 @@ async def main() -> None:
                 for t, k, w in s.path.history
             ]
             say({"ok": ok, "history": history, "path": s.path.kind, "stats": dict(s.path.stats)})
+        elif cmd["op"] == "open":
+            started = loop.time()
+            peer = PeerId(bytes.fromhex(cmd["peer"]))
+            s = await connect_peer(node, peer, Record.parse(bytes.fromhex(cmd["record"])))
+            connected = loop.time()
+            first_path = s.path.kind
+            probe = await s.open_stream(ECHO)
+            await probe.send(b"\x01")
+            await asyncio.wait_for(probe.recv(), 10)
+            first_byte = loop.time()
+            await probe.close()
+            rtt = await round_trip_ms(s)
+            flow = Flow(s, await s.open_stream(SINK), started)
+            flow.task = loop.create_task(flow.pump(cmd.get("chunk", 4096), cmd.get("pause", 0.02)))
+            say(
+                {
+                    "connected_ms": flow.ms(connected),
+                    "time_to_first_byte_ms": flow.ms(first_byte),
+                    "first_path": first_path,
+                    f"rtt_ms_{first_path}": rtt,
+                    **flow.report(),
+                }
+            )
+        elif cmd["op"] == "wait":
+            assert flow is not None
+            path = flow.session.path
+            deadline = loop.time() + cmd.get("timeout", 15.0)
+
+            until, moves = cmd["until"], len(path.history) + path.stats["rebinds"]
+
+            def reached(path: SessionPath = path, until: str = until, moves: int = moves) -> bool:
+                if until == "settled":  # direct, or the punch gave up
+                    return path.kind == "direct" or path.stats["punch_failed"] > 0
+                if until == "moved":  # to the relay, or to the peer's new address
+                    return len(path.history) + path.stats["rebinds"] > moves
+                return bool(path.kind == until)
+
+            while not reached() and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            answer = {"reached": reached(), **flow.report()}
+            with contextlib.suppress(Exception):  # the path may be dying: no figure then
+                answer[f"rtt_ms_{path.kind}"] = await round_trip_ms(flow.session)
+            say(answer)
+        elif cmd["op"] == "finish":
+            assert flow is not None and flow.task is not None
+            flow.stopping = True
+            await flow.task
+            await flow.stream.close()
+            reply = await asyncio.wait_for(flow.stream.recv(), 30)
+            ok = reply == flow.digest.digest()
+            say({"ok": ok, "bytes": flow.sent, **flow.report()})
+            flow = None
         elif cmd["op"] == "state":
             say(
                 [
