@@ -27,6 +27,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.nat",
         "every pairing of NAT behaviours through the Linux NAT lab: path, timings (root)",
     ),
+    "community_store": (
+        "bench.community_store",
+        "SQLite community store: bytes per message, channel page latency, ingest, post ack",
+    ),
 }
 
 
