@@ -338,10 +338,41 @@ def main(argv: list[str]) -> int:
     baseline_sizes = {int(s) for s in spec.split(",") if s}
     log = sys.stderr
     scenarios: list[dict[str, Any]] = []
-    notes = []
+    notes: list[str] = []
+
+    def report(complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "dht",
+            "complete": complete,
+            "scenarios": scenarios,
+            "targets": check_targets(scenarios) if scenarios else {},
+            "notes": notes,
+            "params": {
+                "k": K,
+                "alpha": DhtConfig().alpha,
+                "lookups_per_seed": lookups,
+                "seeds": seeds,
+            },
+            "environment": {
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
+                "seed_derivation": "Simulator(seed); node identities from sim.child_rng('node', i)",
+            },
+        }
+
+    def save(complete: bool) -> None:
+        # Written after every stage too: a long run's figures survive an interruption.
+        if args.json and args.json != "-":
+            with open(args.json, "w") as f:
+                f.write(json.dumps(report(complete), indent=2) + "\n")
+
     for n in sizes:
         print(f"starling dht, {n} nodes, seeds {seeds}", file=log)
         ours = run_size(n, seeds, lookups, log)
+        for entry in ours.values():
+            entry["baseline"] = None
+            scenarios.append(entry)
+        save(complete=False)
         theirs = None
         if n in baseline_sizes:
             print(f"kademlia package, {n} nodes", file=log)
@@ -357,26 +388,13 @@ def main(argv: list[str]) -> int:
             notes.append(f"kademlia baseline not run at {n} nodes (see --baseline-sizes)")
         for name, entry in ours.items():
             entry["baseline"] = theirs.get(name) if theirs else None
-            scenarios.append(entry)
-    report = {
-        "benchmark": "dht",
-        "scenarios": scenarios,
-        "targets": check_targets(scenarios),
-        "notes": notes,
-        "params": {"k": K, "alpha": DhtConfig().alpha, "lookups_per_seed": lookups, "seeds": seeds},
-        "environment": {
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "seed_derivation": "Simulator(seed); node identities from sim.child_rng('node', i)",
-        },
-    }
-    text = json.dumps(report, indent=2)
+        save(complete=False)
+    final = report(complete=True)
     if args.json == "-":
-        print(text)
-    elif args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    for name, check in report["targets"].items():
+        print(json.dumps(final, indent=2))
+    else:
+        save(complete=True)
+    for name, check in final["targets"].items():
         state = "met" if check["met"] else "MISSED"
         print(f"target {name:<32} {check['value']!s:>24} ({check['target']}): {state}", file=log)
     return 0

@@ -125,6 +125,7 @@ def test_dht_benchmark_small(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
+    assert report["complete"] is True
     names = [s["name"] for s in report["scenarios"]]
     assert names == ["static", "loss1", "dead30", "dead50"]
     for scenario in report["scenarios"]:
