@@ -630,14 +630,7 @@ def parse_entry(raw: bytes, community: bytes | None = None) -> Entry:
             "COM-R10",
         )
     try:
-        message = codec.decode(raw, ENTRY_LIMITS)
-        if isinstance(message, dict):
-            extra = sorted(set(message) - {1, 2, 3})
-            if extra:
-                raise _malformed(f"envelope carries extra key {extra[0]} [ID-R22]", "COM-R10")
-        env = codec.read_fields(message, identity.ENVELOPE_FIELDS, "envelope")
-        payload = env["payload"]
-        assert isinstance(payload, bytes)
+        signer, payload, signature = identity.read_envelope(raw, ENTRY_LIMITS)
         body = codec.decode(payload, ENTRY_LIMITS)
         known = codec.dispatch(body, _KIND_OF, "entry")
         assert isinstance(body, dict)
@@ -663,9 +656,7 @@ def parse_entry(raw: bytes, community: bytes | None = None) -> Entry:
                 raise _malformed(f"overrides name role {role}, not member, moderator or admin")
             if not isinstance(bits, int) or isinstance(bits, bool) or bits & ~CHANNEL_SCOPED:
                 raise _malformed(f"overrides of role {role} are not channel permission bits")
-    signer, signature = env["signer"], env["signature"]
     entry_community, parents, time_ms = fields["community"], fields["parents"], fields["time"]
-    assert isinstance(signer, bytes) and isinstance(signature, bytes)
     assert isinstance(entry_community, bytes) and isinstance(parents, list)
     assert isinstance(time_ms, int)
     if community is not None and entry_community != community:

@@ -181,14 +181,7 @@ def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
             "COM-R50",
         )
     try:
-        message = codec.decode(raw, ENTRY_LIMITS)
-        if isinstance(message, dict) and set(message) - {1, 2, 3}:
-            raise _fail(
-                ErrorCode.FEED_ENTRY_MALFORMED, "envelope carries extra keys [ID-R22]", "COM-R50"
-            )
-        env = codec.read_fields(message, identity.ENVELOPE_FIELDS, "envelope")
-        payload = env["payload"]
-        assert isinstance(payload, bytes)
+        signer, payload, signature = identity.read_envelope(raw, ENTRY_LIMITS)
         body = codec.decode(payload, ENTRY_LIMITS)
         known = codec.dispatch(body, {UPDATE: lambda _m: True}, "feed entry")
         assert isinstance(body, dict)
@@ -210,9 +203,8 @@ def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
             "prev is present exactly when seq is above 1",
             "COM-R50",
         )
-    entry_community, signer, signature = fields["community"], env["signer"], env["signature"]
-    assert isinstance(entry_community, bytes) and isinstance(signer, bytes)
-    assert isinstance(signature, bytes)
+    entry_community = fields["community"]
+    assert isinstance(entry_community, bytes)
     if community is not None and entry_community != community:
         raise _fail(
             ErrorCode.FEED_WRONG_COMMUNITY, "the entry belongs to another community", "COM-R50"

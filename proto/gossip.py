@@ -336,14 +336,7 @@ def _structure(raw: bytes) -> _Unverified:
             "GSP-R10",
         )
     try:
-        envelope = codec.decode(raw, MESSAGE_LIMITS)
-        if isinstance(envelope, dict):
-            extra = sorted(set(envelope) - {1, 2, 3})
-            if extra:
-                raise _invalid(f"envelope carries extra key {extra[0]} [ID-R22]")
-        env = codec.read_fields(envelope, identity.ENVELOPE_FIELDS, "envelope")
-        payload = env["payload"]
-        assert isinstance(payload, bytes)
+        signer, payload, signature = identity.read_envelope(raw, MESSAGE_LIMITS)
         fields = codec.read_fields(
             codec.decode(payload, MESSAGE_LIMITS), _PAYLOAD_FIELDS, "gossip payload"
         )
@@ -351,9 +344,7 @@ def _structure(raw: bytes) -> _Unverified:
         raise
     except StarlingError as exc:
         raise _invalid(f"not a signed gossip message: {exc}") from None
-    signer, signature = env["signer"], env["signature"]
     topic, time_ms, data = fields["topic"], fields["time"], fields["data"]
-    assert isinstance(signer, bytes) and isinstance(signature, bytes)
     assert isinstance(topic, bytes) and isinstance(time_ms, int) and isinstance(data, bytes)
     return _Unverified(signer, payload, signature, topic, time_ms, data)
 

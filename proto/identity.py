@@ -41,6 +41,7 @@ __all__ = [
     "PublicKey",
     "ed25519_verify",
     "open_envelope",
+    "read_envelope",
     "seal",
     "signing_input",
 ]
@@ -276,6 +277,21 @@ def open_envelope(
     The caller decodes ``payload`` with its own schema afterwards.
     """
     _check_domain(domain)  # our own argument: a local error comes before any remote one
+    signer, payload, signature = read_envelope(data, limits)
+    public_key = PublicKey(signer)
+    public_key.verify(domain, payload, signature)
+    return Envelope(public_key, payload, signature)
+
+
+def read_envelope(
+    data: bytes, limits: codec.DecodeLimits = codec.DEFAULT_LIMITS
+) -> tuple[bytes, bytes, bytes]:
+    """The envelope's structure alone: ``(signer key, payload, signature)``, unverified.
+
+    For records whose checks put cheap ones (their payload's fields) before the
+    signature; they verify with ``PublicKey(signer).verify(domain, ...)`` after.
+    Raises CodecError, or SignatureError for keys beyond 1-3 [ID-R22].
+    """
     message = codec.decode(data, limits)
     if isinstance(message, dict):
         extra = sorted(set(message) - {1, 2, 3})
@@ -289,6 +305,4 @@ def open_envelope(
     signer, payload, signature = fields["signer"], fields["payload"], fields["signature"]
     assert isinstance(signer, bytes) and isinstance(payload, bytes)
     assert isinstance(signature, bytes)
-    public_key = PublicKey(signer)
-    public_key.verify(domain, payload, signature)
-    return Envelope(public_key, payload, signature)
+    return signer, payload, signature
