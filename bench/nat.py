@@ -1,13 +1,16 @@
 """NAT benchmark: every pairing of NAT behaviours through the real Linux NAT lab.
 
-``python -m bench nat --json PATH [--delay MS] [--pairs a+b,...] [--parallel N]``
+``python -m bench nat --json PATH [--delay MS] [--pairs a+b,...] [--parallel N] [--no-hosted]``
 
 Needs root (network namespaces and nftables); without it the command says why and
 exits 2. One lab (``tests/lab/``) holds a relay, which is also the DHT bootstrap, and
 two sites per NAT behaviour; each pairing of ``tests/lab/matrix.py`` is one scenario
 run by ``MatrixLab.run_pair``: the behaviour check of both sites, two fresh
 ``tests/peers/nat_node.py`` processes, B reachable only through its relay, A dialling
-B by peer ID. What each figure means: ``bench/README.md``.
+B by peer ID. A second stage (``hosted``, skipped with ``--no-hosted``) starts a
+``node/host.py`` Host on every site with nothing but the seed's bootstrap string:
+each one's reachability verdict and how long it took, then every pair again, dialled
+by peer ID alone through the DHT. What each figure means: ``bench/README.md``.
 
 Exit status: 0 when every target is met, 1 when one is not, 2 when the lab cannot run.
 """
@@ -81,6 +84,49 @@ def targets(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_hosted(lab: Any, matrix: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stage 2: ``HostedMatrix`` (node/host.py on every site, started with only the seed's
+    bootstrap string): each host's verdict and how long it took, then every pair again,
+    A dialling B by peer ID alone (record from the DHT)."""
+    hosts = lab.matrix.HostedMatrix(matrix)
+    try:
+        status = hosts.settle()
+        connects = [hosts.connect(a, b) for a, b in pairs]
+    finally:
+        hosts.close()
+    verdicts = {
+        label: {
+            "reachability": s["reachability"],
+            "forced": s["forced"],
+            "dht_mode": s["dht"]["mode"],
+            "nat_mapping": s["nat_mapping"],
+            "external": s["external"],
+            "relays_held": len(s["relay"]["reservations_held"]),
+            "verdict_ms": s["verdict_ms"],
+        }
+        for label, s in status.items()
+    }
+    decided = [v["verdict_ms"] for v in verdicts.values() if v["verdict_ms"] is not None]
+    for c in connects:
+        print(
+            f"hosted {c['a']:>15} + {c['b']:<15} expected {c['expected']:<6} got "
+            f"{c['outcome']:<6} first {c.get('first_path')} ttfb {c.get('time_to_first_byte_ms')}"
+            " ms",
+            file=sys.stderr,
+        )
+    keys = (
+        "a", "b", "expected", "outcome", "reused", "first_path", "time_to_first_byte_ms",
+        "rtt_ms_direct", "rtt_ms_relay", "history", "error",
+    )  # fmt: skip
+    return {
+        "hosts": verdicts,
+        "worst_verdict_ms": max(decided, default=None),
+        "pairs": [{k: c.get(k) for k in keys} for c in connects],
+        "connected": sum(c["outcome"] != "failed" for c in connects),
+        "as_expected": sum(c["outcome"] == c["expected"] for c in connects),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench nat", description=__doc__.split("\n")[0])
     p.add_argument("--json", metavar="PATH", help="write the JSON report here ('-' for stdout)")
@@ -94,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", help="comma-separated subset, e.g. eim+symmetric (default: all)")
     p.add_argument(
         "--parallel", type=int, default=1, help="scenarios side by side (1: cleanest timings)"
+    )
+    p.add_argument(
+        "--no-hosted",
+        action="store_true",
+        help="skip the second stage: hosts that decide their reachability and dial by peer ID",
     )
     args = p.parse_args(argv)
 
@@ -120,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     for a, b in pairs
                 ]
                 results = [future.result() for future in futures]
+            hosted = None if args.no_hosted else run_hosted(lab, matrix, pairs)
         finally:
             matrix.close()
         description = net.description()
@@ -137,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "nat",
         "pairs": results,
         "targets": targets(results),
+        "hosted": hosted,
         "environment": {
             **environment(),
             "kernel": os.uname().release,

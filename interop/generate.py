@@ -5330,6 +5330,72 @@ def nat_suite() -> VectorFile:
         vf.add(tests, comment, flags=flags, requirement="NAT-R60",
                input={"record": raw.hex(), "now": str(NAT_NOW)},
                expected={"relays": relays})  # fmt: skip
+
+    # -- bootstrap strings (9.3) -----------------------------------------------------------
+    tests = vf.group(
+        "bootstrap-string",
+        "Parse input.text as a bootstrap string (04-nat-traversal.md 9.3). Valid: "
+        "expected.peerId (hex) and expected.addresses, in order; formatting them again must "
+        "give expected.text, the canonical form. Invalid: NAT_BOOTSTRAP_MALFORMED.",
+    )
+    peer_text = bech32_text("sp", five_bit_groups(holder))  # 01-identity's running example
+    # (comment, text, addresses when valid, canonical text, flags)
+    # fmt: off
+    boot_cases: list[tuple[str, str, list[tuple[str, int]] | None, str, list[str]]] = [
+        ("04-nat-traversal.md 9.3: one IPv4 address", f"{peer_text}@203.0.113.10:4000",
+         [("203.0.113.10", 4000)], f"{peer_text}@203.0.113.10:4000", ["SpecExample"]),
+        ("04-nat-traversal.md 9.3: IPv4 and IPv6",
+         f"{peer_text}@203.0.113.10:4000,[2001:db8::10]:4000",
+         [("203.0.113.10", 4000), ("2001:db8::10", 4000)],
+         f"{peer_text}@203.0.113.10:4000,[2001:db8::10]:4000", ["SpecExample", "Ipv6"]),
+        ("surrounding whitespace and a newline are ignored", f"  {peer_text}@192.0.2.1:1\n",
+         [("192.0.2.1", 1)], f"{peer_text}@192.0.2.1:1", ["Boundary"]),
+        ("an IPv6 address in a long, upper-case form: its canonical form is RFC 5952's",
+         f"{peer_text}@[2001:DB8:0:0:0:0:0:10]:65535", [("2001:db8::10", 65535)],
+         f"{peer_text}@[2001:db8::10]:65535", ["Ipv6", "Boundary"]),
+        ("8 addresses", f"{peer_text}@" + ",".join(f"192.0.2.{i}:4000" for i in range(1, 9)),
+         [(f"192.0.2.{i}", 4000) for i in range(1, 9)],
+         f"{peer_text}@" + ",".join(f"192.0.2.{i}:4000" for i in range(1, 9)), ["Boundary"]),
+        ("9 addresses", f"{peer_text}@" + ",".join(f"192.0.2.{i}:4000" for i in range(1, 10)),
+         None, "", ["Limits"]),
+        ("no '@'", peer_text, None, "", ["Structure"]),
+        ("no address after '@'", f"{peer_text}@", None, "", ["Structure"]),
+        ("no port", f"{peer_text}@203.0.113.10", None, "", ["Structure"]),
+        ("port 0", f"{peer_text}@203.0.113.10:0", None, "", ["Boundary"]),
+        ("port 65536", f"{peer_text}@203.0.113.10:65536", None, "", ["Boundary"]),
+        ("a port with a leading zero", f"{peer_text}@203.0.113.10:04000", None, "",
+         ["Structure"]),
+        ("an IPv4 address with a leading zero", f"{peer_text}@203.0.113.010:4000", None, "",
+         ["Structure"]),
+        ("IPv6 without brackets", f"{peer_text}@2001:db8::10:4000", None, "",
+         ["Structure", "Ipv6"]),
+        ("IPv4 in brackets", f"{peer_text}@[203.0.113.10]:4000", None, "", ["Structure"]),
+        ("an IPv4-mapped IPv6 address", f"{peer_text}@[::ffff:203.0.113.10]:4000", None, "",
+         ["Structure", "Ipv6"]),
+        ("the unspecified address", f"{peer_text}@0.0.0.0:4000", None, "", ["Structure"]),
+        ("a multicast address", f"{peer_text}@[ff02::1]:4000", None, "", ["Structure", "Ipv6"]),
+        ("an address twice", f"{peer_text}@192.0.2.1:1,192.0.2.1:1", None, "", ["Structure"]),
+        ("a space inside", f"{peer_text}@192.0.2.1:1, 192.0.2.2:1", None, "", ["Structure"]),
+        ("a peer ID with a broken checksum", f"{peer_text[:-1]}"
+         f"{'q' if peer_text[-1] != 'q' else 'p'}@192.0.2.1:1", None, "", ["Structure"]),
+        ("a host name instead of an address", f"{peer_text}@localhost:4000", None, "",
+         ["Structure"]),
+    ]
+    # fmt: on
+    for comment, text, addresses, canonical, flags in boot_cases:
+        if addresses is None:
+            expect_error(lambda t=text: nat.parse_bootstrap(t), "NAT_BOOTSTRAP_MALFORMED", comment)
+            vf.add(tests, comment, flags=flags, requirement="NAT-R70", input={"text": text},
+                   expected={}, error="NAT_BOOTSTRAP_MALFORMED")  # fmt: skip
+            continue
+        pid, ours = nat.parse_bootstrap(text)
+        if pid.raw != holder or ours != addresses:
+            abort(f"{comment}: parse_bootstrap reads {pid}, {ours}")
+        if nat.format_bootstrap(pid, ours) != canonical:
+            abort(f"{comment}: format_bootstrap writes {nat.format_bootstrap(pid, ours)}")
+        vf.add(tests, comment, flags=flags, requirement="NAT-R70", input={"text": text},
+               expected={"peerId": holder.hex(), "addresses": [nat_addr(a) for a in addresses],
+                         "text": canonical})  # fmt: skip
     return vf
 
 

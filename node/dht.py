@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starling.proto.dht import DhtConfig, DhtNode, LookupDone, ObservedAddress, PutDone, Record
@@ -46,6 +46,10 @@ class DhtService:
         self.core = DhtNode(identity, endpoint.network, os.urandom, self._loop.time(), config)
         self.state_dir = state_dir
         self.observed: dict[bytes, Address] = {}
+        # Called with (reporter ID, reporter address, observed address) for every report
+        # (spec/04, 4.1): the host's Reachability core listens here.
+        self.on_observed: Callable[[bytes, Address, Address], None] | None = None
+        self._source: Address | None = None  # the datagram being processed came from here
         self._waiters: dict[int, asyncio.Future[LookupDone | PutDone]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -147,7 +151,12 @@ class DhtService:
             self.core.receive_datagram(data, addr, self._loop.time())
         except Exception:  # a bug must not take the node's socket down with it
             log.exception("DHT core failed on a datagram from %s", addr)
-        self._pump()
+        # An ObservedAddress drained now came from the node at ``addr`` (spec/04, 4.1).
+        self._source = addr
+        try:
+            self._pump()
+        finally:
+            self._source = None
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -162,6 +171,8 @@ class DhtService:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, ObservedAddress):
                 self.observed[event.reporter] = event.addr
+                if self.on_observed is not None and self._source is not None:
+                    self.on_observed(event.reporter, self._source, event.addr)
                 continue
             waiter = self._waiters.pop(event.lookup_id, None)
             if waiter is not None and not waiter.done():
@@ -175,6 +186,15 @@ class DhtService:
 
     def stats(self) -> dict[str, int]:
         return dict(self.core.stats)
+
+    @property
+    def client_mode(self) -> bool:
+        return self.core.config.client_mode
+
+    @client_mode.setter
+    def client_mode(self, value: bool) -> None:
+        """Serve the DHT (False) or only ask (True); spec/04 NAT-R16 decides which."""
+        self.core.config.client_mode = value
 
 
 async def start_dht(

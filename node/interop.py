@@ -823,6 +823,15 @@ def _run_relay_entries(group: Json, test: Json) -> Outputs:
     return {"relays": relays}
 
 
+def _run_bootstrap_string(group: Json, test: Json) -> Outputs:
+    peer, addresses = nat.parse_bootstrap(test["input"]["text"])
+    return {
+        "peerId": peer.raw.hex(),
+        "addresses": [_nat_json(a) for a in addresses],
+        "text": nat.format_bootstrap(peer, addresses),
+    }
+
+
 # -- community (06-community.md) -----------------------------------------------------------
 
 
@@ -962,6 +971,7 @@ SUITES: Mapping[str, Mapping[str, TestRunner]] = {
         "relay-forward": _run_relay_forward,
         "punch-plan": _run_punch_plan,
         "relay-entries": _run_relay_entries,
+        "bootstrap-string": _run_bootstrap_string,
     },
     "community": {
         "community-key": _run_community_key,

@@ -70,6 +70,8 @@ __all__ = ["PUNCH_FRAME_LIMIT", "SessionPath", "serve_punch"]
 PUNCH_FRAME_LIMIT = FRAME_LIMITS[PUNCH_PROTOCOL]
 PUNCH_RETRY_FIRST = 60.0  # 8.6: after a failed punch, then doubling ...
 PUNCH_RETRY_MAX = 900.0  # ... up to 15 minutes
+RENEW_SHARE = 0.9  # 8.5: a new circuit once 90 % of a limit is used [NAT-R54] ...
+RENEW_GRACE = 2.0  # ... and the old one closed this long after the new one carries packets
 _synthetic_ids = itertools.count(1)
 
 
@@ -140,6 +142,8 @@ class SessionPath:
         circuit = self.circuit
         if circuit is not None and circuit.send(data):
             self.stats["tx_relay"] += 1
+            if not circuit.renewing and circuit.near_limits(self._loop.time(), RENEW_SHARE):
+                self._renew(circuit)
             return
         self.stats["tx_no_path"] += 1  # QUIC's loss recovery resends once a path is back
 
@@ -384,6 +388,35 @@ class SessionPath:
                 self._reconnecting = False
 
         self._spawn(reconnect())
+
+    def _renew(self, old: Circuit) -> None:
+        """``old`` nears its duration or data limit: the source opens a new circuit through
+        the target's relays and moves to it before the relay ends the old one; the target
+        has nothing to do but accept [NAT-R54]."""
+        relay = self.node.relay
+        old.renewing = True
+        if old.accepted or relay is None or not self.relays or self.session.keys is None:
+            return
+        peer = self.session.keys.peer_id.raw
+
+        async def renew() -> None:
+            try:
+                circuit = await relay.open_circuit(self.relays, peer)
+            except Exception as exc:  # the relay ends the old one with its code: _reconnect
+                log.info("%r: no circuit to renew %r: %s", self.session, old, exc)
+                return
+            if self._closed:
+                circuit.close()
+                return
+            self.attach(circuit)  # the newest open circuit: packets take it from now on
+            self.stats["circuits_renewed"] += 1
+            self.session._transmit()
+            # What is in flight on the old one arrives; it closes before its limit would.
+            left = old.opened + old.duration - self._loop.time()
+            await asyncio.sleep(max(0.0, min(RENEW_GRACE, left / 2)))
+            old.close()
+
+        self._spawn(renew())
 
     # -- punching -------------------------------------------------------------------------
 

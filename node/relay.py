@@ -96,6 +96,8 @@ class Circuit:
         self.duration = duration
         self.data = data
         self.session: Session | None = None
+        self.opened = service._loop.time()  # for renewal before its duration ends [NAT-R54]
+        self.renewing = False
         self.open = True
         self.code: int | None = None  # why it ended
         self.stats: Counter[str] = Counter()
@@ -141,6 +143,11 @@ class Circuit:
         finally:
             self._ended(code)
 
+    def near_limits(self, now: float, share: float) -> bool:
+        """Whether ``share`` of its duration or of either direction's data is used."""
+        used = max(self.stats["tx_bytes"], self.stats["rx_bytes"])
+        return now - self.opened >= share * self.duration or used >= share * self.data
+
     def close(self) -> None:
         """End our side (FIN); the relay ends the other."""
         if self.open:
@@ -178,6 +185,8 @@ class RelayService:
             self.core = RelayCore(node.identity, self._loop.time(), config, offset)
         self.events: deque[RelayEvent] = deque(maxlen=1024)  # the core's, for operators
         self.reservations: dict[bytes, tuple[Address, Reservation]] = {}
+        # Called whenever ``reservations`` changes (the host republishes its peer record).
+        self.on_change: Callable[[], None] = lambda: None
         self.stats: Counter[str] = Counter()
         self._streams: dict[Hashable, Stream] = {}  # the core's stream handles
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,6 +221,7 @@ class RelayService:
             raise NatError(ErrorCode.NAT_UNEXPECTED_MESSAGE, f"{event!r} answers RESERVE")
         self.reservations[event.relay] = (relay.remote_address, event)
         self.stats["reserved"] += 1
+        self.on_change()
         return event
 
     def keep_reserved(self, address: Address, relay: PeerId) -> asyncio.Task[None]:
@@ -233,7 +243,8 @@ class RelayService:
                     await asyncio.wait_for(session.wait_closed(), renew)
             except (StarlingError, SessionClosed, StreamClosed, OSError, TimeoutError) as exc:
                 log.info("reservation on %s: %s", address, exc)
-                self.reservations.pop(relay.raw, None)
+                if self.reservations.pop(relay.raw, None) is not None:
+                    self.on_change()
                 await asyncio.sleep(backoff)
                 backoff = min(60.0, backoff * 2)
 
@@ -414,8 +425,11 @@ class RelayService:
             if self.core is not None:
                 self.core.session_closed(event.session.peer_id.raw, self._loop.time())
                 self._pump()
-            if event.session.keys is not None:
-                self.reservations.pop(event.session.peer_id.raw, None)
+            held = event.session.keys is not None and self.reservations.pop(
+                event.session.peer_id.raw, None
+            )
+            if held:
+                self.on_change()
 
     def _spawn(self, coro: object) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)  # type: ignore[arg-type]

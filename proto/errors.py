@@ -154,6 +154,7 @@ class ErrorCode(IntEnum):
     NAT_RELAY_PACKET_SIZE = 0x0739
     NAT_PUNCH_FAILED = 0x0740
     NAT_PUNCH_TIMEOUT = 0x0741
+    NAT_BOOTSTRAP_MALFORMED = 0x0750
 
     # -- 0x08xx: communities: authority entries, invites (spec/06-community.md) -------
     COMMUNITY_ENTRY_TOO_LARGE = 0x0801

@@ -69,7 +69,7 @@ from enum import Enum
 
 from . import codec, dht
 from .errors import CodecError, ErrorCode, LocalProtocolError, NatError, StarlingError
-from .identity import PrivateKey, open_envelope, seal
+from .identity import PeerId, PrivateKey, open_envelope, seal
 from .network import CONTROL_HEADER_SIZE, DatagramKind, classify, control_header
 from .session import Role, SessionKeys
 
@@ -146,10 +146,12 @@ __all__ = [
     "encode_reservation",
     "encode_reserve",
     "encode_status",
+    "format_bootstrap",
     "make_peer_record",
     "make_probe",
     "make_voucher",
     "open_probe",
+    "parse_bootstrap",
     "peek_control_type",
     "peek_session_tag",
     "peer_record_value",
@@ -1426,6 +1428,13 @@ class Reachability:
         self._by_helper[helper] = nonce
         return encode_dial_request(nonce, address)
 
+    def awaiting_response(self, helper: bytes) -> bool:
+        """Whether a dial-back asked of ``helper`` still waits for its DIAL_RESPONSE (its
+        probe may come first and settle the attempt: the response is then moot)."""
+        nonce = self._by_helper.get(helper)
+        attempt = self._attempts.get(nonce) if nonce is not None else None
+        return attempt is not None and not attempt.answered
+
     def receive_dial_back_response(self, helper: bytes, frame: bytes, now: float) -> None:
         """The helper's DIAL_RESPONSE. Raises ``NatError`` for a bad frame (the runtime
         resets the stream with its code); the attempt then ends without a verdict."""
@@ -2387,3 +2396,96 @@ def relays_of(record: dht.Record, now_unix: float) -> list[CheckedRelay]:
             continue
         out.append(CheckedRelay(relay, address, checked, None))
     return out
+
+
+# ----------------------------------------------------------------------------- bootstrap strings
+
+MAX_BOOTSTRAP_TEXT = 1024
+MAX_BOOTSTRAP_ADDRESSES = 8
+
+
+def _bootstrap_fault(reason: str) -> NatError:
+    return NatError(ErrorCode.NAT_BOOTSTRAP_MALFORMED, reason, "NAT-R70")
+
+
+def _format_address(addr: Address) -> str:
+    ip = ipaddress.ip_address(addr[0])
+    return f"[{ip.compressed}]:{addr[1]}" if ip.version == 6 else f"{ip}:{addr[1]}"
+
+
+def format_bootstrap(peer_id: PeerId, addresses: Sequence[Address]) -> str:
+    """The bootstrap string of a node (spec/04, 9.3): ``<peer ID>@<address>[,<address>]``,
+    each address ``a.b.c.d:port`` or ``[ipv6]:port``, in canonical form [NAT-R70]."""
+    unique = list(dict.fromkeys(addresses))
+    if not 1 <= len(unique) <= MAX_BOOTSTRAP_ADDRESSES:
+        raise LocalProtocolError(
+            ErrorCode.NAT_BOOTSTRAP_MALFORMED,
+            f"a bootstrap string names 1 ... {MAX_BOOTSTRAP_ADDRESSES} addresses",
+            "NAT-R70",
+        )
+    for addr in unique:
+        if not _dialable(addr) or not 0 < addr[1] < 65536:
+            raise LocalProtocolError(
+                ErrorCode.NAT_BOOTSTRAP_MALFORMED, f"{addr} is not dialable", "NAT-R70"
+            )
+    return peer_id.text() + "@" + ",".join(_format_address(a) for a in unique)
+
+
+def _parse_port(text: str, where: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or text.startswith("0"):
+        raise _bootstrap_fault(f"{where}: the port must be a decimal number 1 ... 65535")
+    port = int(text)
+    if not 0 < port < 65536:
+        raise _bootstrap_fault(f"{where}: the port must be a decimal number 1 ... 65535")
+    return port
+
+
+def _parse_bootstrap_address(text: str) -> Address:
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise _bootstrap_fault(f"{text!r}: an IPv6 address is written [address]:port")
+        try:
+            ip6 = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _bootstrap_fault(f"{text!r}: not an IPv6 address") from None
+        if ip6.ipv4_mapped is not None:
+            raise _bootstrap_fault(f"{text!r}: write an IPv4-mapped address as IPv4")
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ip6
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise _bootstrap_fault(f"{text!r}: an address is written ip:port")
+        try:
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise _bootstrap_fault(f"{text!r}: not an IPv4 address (IPv6 in brackets)") from None
+    addr = (str(ip), _parse_port(port, repr(text)))
+    if not _dialable(addr):
+        raise _bootstrap_fault(f"{text!r}: unspecified, multicast or broadcast")
+    return addr
+
+
+def parse_bootstrap(text: str) -> tuple[PeerId, list[Address]]:
+    """The peer ID and addresses of a bootstrap string (spec/04, 9.3); surrounding
+    whitespace is ignored. Anything else malformed raises ``NatError`` with
+    ``NAT_BOOTSTRAP_MALFORMED`` and a reason a person can act on [NAT-R70]."""
+    text = text.strip()
+    if len(text) > MAX_BOOTSTRAP_TEXT:
+        raise _bootstrap_fault(f"longer than {MAX_BOOTSTRAP_TEXT} characters")
+    if any(c.isspace() for c in text):
+        raise _bootstrap_fault("whitespace inside a bootstrap string")
+    peer_text, at, rest = text.partition("@")
+    if not at:
+        raise _bootstrap_fault("expected <peer ID>@<ip>:<port>[,<ip>:<port>...]: no '@'")
+    try:
+        peer_id = PeerId.parse(peer_text)
+    except StarlingError as exc:
+        raise _bootstrap_fault(f"bad peer ID: {exc}") from None
+    parts = rest.split(",")
+    if not rest or len(parts) > MAX_BOOTSTRAP_ADDRESSES:
+        raise _bootstrap_fault(f"expected 1 ... {MAX_BOOTSTRAP_ADDRESSES} addresses after '@'")
+    addresses = [_parse_bootstrap_address(p) for p in parts]
+    if len(set(addresses)) != len(addresses):
+        raise _bootstrap_fault("an address is repeated")
+    return peer_id, addresses

@@ -400,6 +400,7 @@ def test_nat_vectors_cover_every_message_and_pure_code() -> None:
         "relay-forward",
         "punch-plan",
         "relay-entries",
+        "bootstrap-string",
     }
     seen = {
         (

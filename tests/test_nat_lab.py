@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from lab import netlab
-from lab.matrix import PAIRS, MatrixLab, NodeProcess, seed
+from lab.matrix import BEHAVIOURS, PAIRS, HostedMatrix, MatrixLab, NodeProcess, seed
 from lab.netlab import Lab, Nat
 
 UNAVAILABLE = netlab.unavailable_reason()
@@ -139,3 +139,93 @@ def test_a_relay_over_its_per_ip_cap_refuses_with_its_code_and_serves_others(
 
 def _peer(label: str, address: str, via: list[Any]) -> dict[str, Any]:
     return {"seed": seed(label), "host": address, "port": 7000, "via": via}
+
+
+# -- hosts that decide by themselves, dialling by peer ID through the DHT ------------------
+
+# What each host should conclude about itself (spec/04 section 4.5). The EIM router
+# filters endpoint-independently (a full cone): a dial-back from a helper's second socket
+# gets in, so a host behind it is reachable and says so. Every other NAT here filters by
+# address and port: the probe is dropped, the dial-backs time out, the host is private.
+REACHABILITY = {
+    "eim": "public",
+    "port-preserving": "private",
+    "symmetric": "private",
+    "double-nat": "private",
+    "udp-blocked": "private",
+}
+
+
+@pytest.fixture(scope="module")
+def hosted(
+    matrix: MatrixLab,
+) -> Iterator[tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]]:
+    hosts = HostedMatrix(matrix)
+    try:
+        status = hosts.settle()
+        by_dialler = {a: [p for p in PAIRS if p[0] == a] for a in BEHAVIOURS}
+
+        def dial(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+            return [hosts.connect(a, b) for a, b in pairs]  # one dialler: one at a time
+
+        with ThreadPoolExecutor(len(by_dialler)) as pool:
+            done = {a: pool.submit(dial, pairs) for a, pairs in by_dialler.items()}
+            connected = {
+                pair: result
+                for a, future in done.items()
+                for pair, result in zip(by_dialler[a], future.result(), strict=True)
+            }
+        yield status, connected
+    finally:
+        hosts.close()
+
+
+def test_hosts_find_out_their_reachability_from_dht_reports_and_dial_backs(
+    hosted: tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]],
+) -> None:
+    status, _ = hosted
+    shown = json.dumps(status, indent=1)
+    for label in ("seed", "dht2", "dht3"):  # told they are public: the network's servers
+        assert status[label]["reachability"] == "public", shown
+        assert status[label]["dht"]["mode"] == "server", shown
+    # Told nothing: three servers confirm its address, two dial-backs reach it.
+    pub = status["pub"]
+    assert pub["settled"] and not pub["forced"], shown
+    assert (pub["reachability"], pub["dht"]["mode"]) == ("public", "server"), shown
+    assert pub["relay"]["serving"] and pub["external"] == [[pub["listen"][0][0], 8000]], shown
+    for (behaviour, n), s in _sites(status):
+        want = REACHABILITY[behaviour]
+        assert s["settled"] and s["reachability"] == want, (behaviour, n, shown)
+        assert s["dht"]["mode"] == ("server" if want == "public" else "client"), shown
+        if want == "private":
+            assert s["relay"]["reservations_held"], shown  # and its record names them
+            assert not s["relay"]["serving"], shown
+    # The NAT's mapping, from the same reports.
+    for n in (1, 2):
+        assert status[f"symmetric/{n}"]["nat_mapping"] == "endpoint-dependent", shown
+        assert status[f"port-preserving/{n}"]["nat_mapping"] == "endpoint-independent", shown
+    assert status["seed"]["relay"]["reservations_served"] >= 1, shown
+
+
+def _sites(status: dict[str, dict[str, Any]]) -> list[tuple[tuple[str, int], dict[str, Any]]]:
+    out = []
+    for label, s in status.items():
+        behaviour, _, n = label.partition("/")
+        if n:
+            out.append(((behaviour, int(n)), s))
+    return out
+
+
+@pytest.mark.parametrize(("a", "b"), PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
+def test_hosts_connect_by_peer_id_alone_on_the_expected_path(
+    hosted: tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]],
+    a: str,
+    b: str,
+) -> None:
+    result = hosted[1][a, b]
+    shown = json.dumps(result, indent=1, default=str)
+    assert "error" not in result and result["ok"], shown  # resolved, connected, hash matched
+    assert not result["reused"], shown  # a new session, from the peer ID alone
+    assert result["outcome"] == result["expected"], shown
+    if result["expected"] == "relay":
+        assert "direct" not in [k for _, k, _ in result["history"]], shown

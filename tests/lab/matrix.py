@@ -166,6 +166,11 @@ class MatrixLab:
             },
         )
         self.via = [self.relay_host.address, RELAY_PORT, self.relay.info["peer_id"]]
+        # For the hosts that decide by themselves (``HostedMatrix``): two more DHT servers
+        # and relays, and a public host that is told nothing about itself. UDP-blocked
+        # sites may reach all of them, as they may reach every relay.
+        self.servers = [lab.internet_host("dht2"), lab.internet_host("dht3")]
+        self.public_host = lab.internet_host("pub")
         self.sites: dict[tuple[str, int], Host] = {}
         for behaviour in BEHAVIOURS:
             for n in (1, 2):
@@ -189,7 +194,8 @@ class MatrixLab:
         if behaviour == "double-nat":
             return lab.router(name, Nat.PORT_PRESERVING, behind=lab.carrier(f"cgn{n}"))
         if behaviour == "udp-blocked":
-            return lab.router(name, Nat.UDP_BLOCKED, relays=[self.relay_host])
+            relays = [self.relay_host, *self.servers, self.public_host]
+            return lab.router(name, Nat.UDP_BLOCKED, relays=relays)
         raise ValueError(behaviour)
 
     def hosts(self, a: str, b: str) -> tuple[Host, Host]:
@@ -320,3 +326,76 @@ def _merge(result: dict[str, Any], answer: dict[str, Any]) -> None:
     for key in ("time_to_first_byte_ms", "rtt_ms_direct", "rtt_ms_relay"):
         if result.get(key) is None and answer.get(key) is not None:
             result[key] = answer[key]
+
+
+HOST_SEED_PORT = 4100
+HOST_PORT = 8000
+# The lab's public hosts share 203.0.113.0/24: reporters and helpers count per address
+# there, as spec/04 section 4.2 allows on a test network.
+HOST_PREFIX_BITS = 32
+
+
+class HostedMatrix:
+    """``tests/peers/nat_node.py`` in ``hosted`` mode (node/host.py) on every site of a
+    ``MatrixLab``: three public DHT servers and relays (``public`` forced: the seed on the
+    relay's host, ``dht2``, ``dht3``), one public host left to decide (``pub``) and one
+    host per site, each started with nothing but the seed's bootstrap string."""
+
+    def __init__(self, matrix: MatrixLab) -> None:
+        self.matrix = matrix
+        self.nodes: dict[str, NodeProcess] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        try:
+            seed_node = self._start("seed", matrix.relay_host, HOST_SEED_PORT, public=True)
+            self.bootstrap = seed_node.info["bootstrap"]
+            for server in matrix.servers:
+                self._start(server.name, server, HOST_PORT, public=True)
+            self._start("pub", matrix.public_host, HOST_PORT)
+            for (behaviour, n), site in matrix.sites.items():
+                self._start(f"{behaviour}/{n}", site, HOST_PORT)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, label: str, host: Host, port: int, **extra: Any) -> NodeProcess:
+        args: dict[str, Any] = {
+            "hosted": True,
+            "seed": seed(f"hosted {label}"),
+            "host": host.address,
+            "port": port,
+            "prefix_bits": HOST_PREFIX_BITS,
+            "limits": RELAY_LIMITS,
+            # One relay each, the seed: no site holds a session with another site before
+            # the connect under test (a second relay could be a public site).
+            "max_relays": 1,
+            **extra,
+        }
+        if label != "seed":
+            args["seeds"] = [self.bootstrap]
+        node = NodeProcess(host, args)
+        self.nodes[label] = node
+        return node
+
+    def settle(self, timeout: float = 40.0) -> dict[str, dict[str, Any]]:
+        """Every host's status once it decided (or ``timeout`` passed), side by side."""
+        for node in self.nodes.values():
+            assert node.process.stdin is not None
+            node.process.stdin.write(json.dumps({"op": "settle", "timeout": timeout}) + "\n")
+            node.process.stdin.flush()
+        self.status = {label: node.read(timeout + 20) for label, node in self.nodes.items()}
+        return self.status
+
+    def connect(self, a: str, b: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The host on A's first site connects to the host on B's second site by peer ID."""
+        node_a, node_b = self.nodes[f"{a}/1"], self.nodes[f"{b}/2"]
+        result: dict[str, Any] = {"a": a, "b": b, "expected": expected(a, b)}
+        answer = node_a.ask(
+            {"op": "connect", "peer": node_b.info["peer_id"], "timeout": timeout}, timeout + 60
+        )
+        result.update(answer)
+        result["outcome"] = answer.get("path", "failed") if answer.get("ok") else "failed"
+        return result
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.stop()

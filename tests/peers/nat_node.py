@@ -22,6 +22,10 @@ answer each:
 * ``{"op": "state"}``: the path of every session.
 
 Times in answers are milliseconds since the ``open`` or ``dial`` command arrived.
+
+With ``"hosted": true`` the process runs a ``node/host.py`` Host instead, which finds
+out its reachability and relays by itself from a seed's bootstrap string (``host_main``
+lists its arguments and commands); ``lab.matrix.HostedMatrix`` drives it.
 """
 
 from __future__ import annotations
@@ -37,13 +41,21 @@ from typing import Any
 
 from starling.node.dht import start_dht
 from starling.node.dial import attach_dht, connect_peer
+from starling.node.host import Host, HostConfig
 from starling.node.path import SessionPath
 from starling.node.relay import RelayService
 from starling.node.session import Node, NodeConfig, Session, Stream
 from starling.proto.dht import Record
 from starling.proto.errors import NatError
 from starling.proto.identity import PeerId, PrivateKey
-from starling.proto.nat import PathConfig, RelayConfig, make_peer_record
+from starling.proto.nat import (
+    PathConfig,
+    ReachabilityConfig,
+    RelayConfig,
+    Status,
+    make_peer_record,
+    relays_of,
+)
 
 SINK = "starling/sink/1"
 ECHO = "starling/echo/1"
@@ -116,8 +128,100 @@ class Flow:
         }
 
 
+async def host_main(args: dict[str, Any]) -> None:
+    """``"hosted": true``: a ``Host`` that decides by itself (node/host.py). Arguments:
+    ``seed``, ``host``, ``port``, ``seeds`` (bootstrap strings), ``public`` (true, false or
+    absent: decided), ``prefix_bits`` (reporter prefix, 32 in the lab, whose public hosts
+    share one /24), ``limits`` (RelayConfig). First line: peer ID and bootstrap string.
+    Commands: ``{"op": "settle", "timeout": s}`` (until reachability is decided and a
+    private host's record names a relay), ``{"op": "status"}``, and ``{"op": "connect",
+    "peer": hex, "timeout": s}`` (by peer ID only; echo, then until settled)."""
+    loop = asyncio.get_running_loop()
+    bits = args.get("prefix_bits", 24)
+    config = HostConfig(
+        PrivateKey(bytes.fromhex(args["seed"])),
+        host=args["host"],
+        port=args["port"],
+        seeds=args.get("seeds", []),
+        public=args.get("public"),
+        relay=RelayConfig(**args.get("limits", {})),
+        reachability=ReachabilityConfig(reporter_prefix_v4=bits),
+        check_interval=1.0,
+        max_relays=args.get("max_relays", 2),
+    )
+    host = await Host.start(config)
+    host.node.set_handler(ECHO, echo)
+    host.node.set_handler(SINK, sink)
+    say({"peer_id": host.peer_id.raw.hex(), "bootstrap": host.bootstrap_string()})
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def settled() -> bool:
+        if host.reachable is Status.UNKNOWN:
+            return False
+        return host.public or bool(host.record is not None and relays_of(host.record, 0))
+
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        if cmd["op"] == "settle":
+            deadline = loop.time() + cmd.get("timeout", 30.0)
+            while not settled() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            verdict = host.verdict_at
+            took = None if verdict is None else round((verdict - host.started_at) * 1000, 1)
+            say({"settled": settled(), "verdict_ms": took, **host.status()})
+        elif cmd["op"] == "status":
+            say(host.status())
+        elif cmd["op"] == "connect":
+            say(await hosted_connect(host, PeerId(bytes.fromhex(cmd["peer"])), cmd))
+    await host.close()
+
+
+async def hosted_connect(host: Host, peer: PeerId, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Connect by peer ID only, time the first echoed byte, wait for the path to settle."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def ms(t: float) -> float:
+        return round((t - started) * 1000, 1)
+
+    answer: dict[str, Any] = {"ok": False, "reused": host.node.session_with(peer) is not None}
+    try:
+        s = await host.connect(peer, timeout=cmd.get("connect_timeout", 15.0))
+        answer["first_path"] = s.path.kind
+        probe = await s.open_stream(ECHO)
+        await probe.send(b"\x01")
+        await asyncio.wait_for(probe.recv(), 10)
+        answer["time_to_first_byte_ms"] = ms(loop.time())
+        await probe.close()
+        answer[f"rtt_ms_{s.path.kind}"] = await round_trip_ms(s)
+        deadline = loop.time() + cmd.get("timeout", 15.0)
+        while not (s.path.kind == "direct" or s.path.stats["punch_failed"] > 0):
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        if f"rtt_ms_{s.path.kind}" not in answer:
+            answer[f"rtt_ms_{s.path.kind}"] = await round_trip_ms(s)
+        stream = await s.open_stream(SINK)
+        data = bytes(range(256)) * 64
+        await stream.send(data)
+        await stream.close()
+        answer["ok"] = await asyncio.wait_for(stream.recv(), 10) == hashlib.sha256(data).digest()
+        answer.update(
+            path=s.path.kind,
+            history=[(ms(t), k, str(w)) for t, k, w in s.path.history],
+            stats=dict(s.path.stats),
+        )
+    except Exception as exc:
+        answer["error"] = f"{type(exc).__name__}: {exc}"
+    return answer
+
+
 async def main() -> None:
     args = json.loads(sys.argv[1])
+    if args.get("hosted"):
+        await host_main(args)
+        return
     config = NodeConfig(
         host=args["host"],
         port=args["port"],
