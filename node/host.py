@@ -132,6 +132,11 @@ def _outward_ip(family: int) -> str | None:
         return str(sock.getsockname()[0])
 
 
+def _log_bootstrap_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("DHT bootstrap failed: %s", task.exception())
+
+
 class Host:
     """A node that finds out whether it is reachable and acts on it (module docstring)."""
 
@@ -168,6 +173,9 @@ class Host:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._dialing: dict[PeerId, asyncio.Future[Session]] = {}
+        self._bootstrap: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._bootstrap.set_result(None)
         self.dht.on_observed = self._on_observed
         self.relay.on_change = self._wake.set
         dht_control = node.endpoint.on_control
@@ -177,8 +185,13 @@ class Host:
     # -- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, config: HostConfig) -> Host:
-        """Bind, join the DHT through the seeds (and saved contacts), start deciding."""
+    async def start(cls, config: HostConfig, *, wait_for_bootstrap: bool = True) -> Host:
+        """Bind, join the DHT through the seeds (and saved contacts), start deciding.
+
+        With ``wait_for_bootstrap=False`` the DHT bootstrap runs in the background
+        (``await host.bootstrapped()`` waits for it): a long-lived node prints its peer ID
+        at once even when its seeds are slow or gone.
+        """
         for seed in config.seeds:
             _seed(seed)  # a malformed bootstrap string fails here, before anything is bound
         base = config.node or NodeConfig()
@@ -189,21 +202,35 @@ class Host:
         except BaseException:
             await node.close()
             raise
-        try:
-            seeds = [a for _, addrs in host.seeds for a in addrs]
-            if seeds or host.dht.saved_contacts():
-                await host.dht.bootstrap(seeds)
-        except BaseException:
-            await host.close()
-            raise
+        seeds = [a for _, addrs in host.seeds for a in addrs]
+        host._bootstrap = asyncio.ensure_future(host._join_dht(seeds))
+        host._bootstrap.add_done_callback(_log_bootstrap_failure)
+        if wait_for_bootstrap:
+            try:
+                await asyncio.shield(host._bootstrap)
+            except BaseException:
+                await host.close()
+                raise
         host._spawn(host._run())
         host._wake.set()
         return host
+
+    async def _join_dht(self, seeds: list[Address]) -> None:
+        if seeds or self.dht.saved_contacts():
+            await self.dht.bootstrap(seeds)
+
+    async def bootstrapped(self) -> None:
+        """Wait until the start-up DHT bootstrap has finished (at once if it has)."""
+        await asyncio.shield(self._bootstrap)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if not self._bootstrap.done():
+            self._bootstrap.cancel()
+        with contextlib.suppress(BaseException):
+            await self._bootstrap
         for task in list(self._tasks):
             task.cancel()
         for _, task, _ in self._keepers.values():
@@ -281,6 +308,20 @@ class Host:
         existing = self.node.session_with(pid)
         if existing is not None:
             return existing
+        # Callers that ask for the same peer at once share one dial, hence one session.
+        dialing = self._dialing.get(pid)
+        if dialing is None:
+            dialing = asyncio.ensure_future(self._dial(pid, timeout))
+            self._dialing[pid] = dialing
+            dialing.add_done_callback(lambda f: self._dial_done(pid, f))
+        return await asyncio.shield(dialing)
+
+    def _dial_done(self, pid: PeerId, dialing: asyncio.Future[Session]) -> None:
+        self._dialing.pop(pid, None)
+        if not dialing.cancelled():
+            dialing.exception()  # retrieved: every caller got it, or none is left to care
+
+    async def _dial(self, pid: PeerId, timeout: float | None) -> Session:
         try:
             return await connect_peer(self.node, pid, None, timeout)
         except LookupError:

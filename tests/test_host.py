@@ -263,3 +263,51 @@ def test_a_relayed_session_moves_to_a_new_circuit_before_the_old_one_hits_its_li
                 await host.close()
 
     run(body)
+
+
+def test_start_without_waiting_for_a_silent_seed(tmp_path: Path) -> None:
+    """A long-lived node prints its peer ID at once: with ``wait_for_bootstrap=False``
+    start() returns while the bootstrap towards a seed that never answers is still
+    running, the host already serves sessions, and ``bootstrapped()`` waits for the end."""
+
+    async def scenario() -> None:
+        silent = key("silent").peer_id
+        seed = f"{silent.text()}@127.0.0.9:9"  # nothing listens there: no answer ever
+        config = HostConfig(
+            key("eager"), host="127.0.0.1", data_dir=tmp_path / "eager", seeds=[seed]
+        )
+        host = await Host.start(config, wait_for_bootstrap=False)
+        other = await start("other", 2, tmp_path, public=True)
+        try:
+            assert not host._bootstrap.done()  # still asking the silent seed
+            host.node.set_handler(ECHO, echo)
+            session = await other.node.connect(host.listen_addresses()[0], peer_id=host.peer_id)
+            stream = await session.open_stream(ECHO)
+            await stream.send(b"served while bootstrapping")
+            assert await asyncio.wait_for(stream.recv(), 10) == b"served while bootstrapping"
+            await stream.close()
+            await asyncio.wait_for(host.bootstrapped(), 60)
+            assert host._bootstrap.done() and not host._bootstrap.cancelled()
+        finally:
+            await other.close()
+            await host.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_connects_share_one_session(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        target = await start("target", 3, tmp_path, public=True)
+        dialer = await start("dialer", 4, tmp_path, public=True, seeds=[target.bootstrap_string()])
+        try:
+            first, second, third = await asyncio.gather(
+                *(dialer.connect(target.peer_id) for _ in range(3))
+            )
+            assert first is second is third
+            assert await echoes(dialer, target)
+            assert [s for s in dialer.node.sessions if s.peer_id == target.peer_id] == [first]
+        finally:
+            await dialer.close()
+            await target.close()
+
+    asyncio.run(scenario())
