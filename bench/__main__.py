@@ -31,6 +31,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.community_store",
         "SQLite community store: bytes per message, channel page latency, ingest, post ack",
     ),
+    "community": (
+        "bench.community",
+        "communities on loopback: 10k catch-up, post-to-visible across 10 members, pages",
+    ),
 }
 
 

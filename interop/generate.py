@@ -5631,6 +5631,9 @@ COMMUNITY_NOTES = {
     "ancestors): the outcome follows the sanctions and the replay order (06-community 6.3-6.5).",
     "Invite": "Joining with a capability: expiry, revocation, uses, the inviter's rank.",
     "Pending": "An entry whose parent is never given: it waits, in every order.",
+    "Feed": "Member feeds (06-community 8): feed entries alone and offered in sequence.",
+    "Sync": "The sync stream (06-community 9): tags, messages, the answer to a request.",
+    "Live": "The data of a live gossip message on a community's topic (06-community 9.7).",
 }
 
 COM_TIME = 1_700_000_000_000
@@ -6616,7 +6619,505 @@ def community_suite() -> VectorFile:
                input={"community": script.K.hex(), "entries": [r.hex() for r in raws],
                       "orders": orders},
                expected={"state": summary, "outcomes": outcomes})  # fmt: skip
+    feed_and_sync_groups(vf, COM_ROOT_SEED, COM_OWNER_SEED)
     return vf
+
+
+# ----------------------------------------------------------------------------- feeds and sync
+
+FEED_DOMAIN_G = "starling/feed-entry/1"
+FEED_CLIENT_TAG = b"starling/feed-client/1"
+SYNC_TAG_DOMAIN = b"starling/community-sync-tag/1"
+FEED_NOW = COM_TIME + 10_000_000  # the receiver's clock in the feed and sync vectors
+
+
+def feed_signed(
+    secret: bytes,
+    community: bytes,
+    device: bytes,
+    seq: int,
+    prev: bytes | None,
+    hlc: int,
+    update: bytes,
+    signer: bytes | None = None,
+) -> bytes:
+    """A feed entry built with cbor2 and libsodium (06-community 8.2); ``signer`` puts another
+    key in the envelope than the one that signs."""
+    payload: dict[int, object] = {0: 2, 1: community, 2: device, 3: seq}
+    if prev is not None:
+        payload[4] = prev
+    payload[5] = hlc
+    payload[6] = update
+    data = cbor2.dumps(payload, canonical=True)
+    key = ed25519_public(secret) if signer is None else signer
+    return cbor2.dumps({1: key, 2: data, 3: nacl_sign(secret, FEED_DOMAIN_G, data)}, canonical=True)
+
+
+def feed_id(raw: bytes) -> bytes:
+    return hashlib.sha256(b"starling/feed-entry-id/1" + raw).digest()
+
+
+class YjsAuthor:
+    """One author's document written with pycrdt directly (06-community 8.4)."""
+
+    def __init__(self, author: bytes, device: bytes) -> None:
+        from pycrdt import Doc, Map
+
+        client = int.from_bytes(
+            hashlib.sha256(FEED_CLIENT_TAG + author + device).digest()[:4], "big"
+        )
+        self.doc: Any = Doc(client_id=client)
+        self.map: Any = self.doc.get("messages", type=Map)
+
+    def write(
+        self, mid: bytes, channel: bytes, hlc: int, text: str | None, edited: int | None = None
+    ) -> bytes:
+        updates: list[bytes] = []
+        sub = self.doc.observe(lambda event: updates.append(event.update))
+        with self.doc.transaction():
+            self.map[mid.hex()] = [
+                channel,
+                hlc.to_bytes(8, "big"),
+                text,
+                None,
+                None if edited is None else edited.to_bytes(8, "big"),
+            ]
+        self.doc.unobserve(sub)
+        return updates[-1]
+
+
+def feed_chain_model(
+    community: bytes, authority: list[bytes], entries: list[bytes], channel: bytes
+) -> Json:
+    from starling.proto import feeds
+
+    log = com.AuthorityLog(community)
+    log.add_many(authority)
+    fs = feeds.FeedSet(log)
+    outcomes = []
+    for raw in entries:
+        result = fs.add(raw, FEED_NOW)
+        item: Json = {"outcome": result.outcome.value}
+        if result.code is not None:
+            item["error"] = result.code.name
+        outcomes.append(item)
+    view = [
+        {"author": m.author.hex(), "id": m.id.hex(), "text": m.text}
+        for m in fs.page(channel, None, 1000)
+    ]
+    return {"outcomes": outcomes, "view": view}
+
+
+def feed_and_sync_groups(vf: VectorFile, root_seed: bytes, owner_seed: bytes) -> None:
+    from starling.proto import sync
+
+    community = ed25519_public(root_seed)
+    owner = identity.PrivateKey(owner_seed)
+    alice_seed, bob_seed, carol_seed = (
+        seed(f"community/feeds/{n}") for n in ("alice", "bob", "carol")
+    )
+    alice, bob = ed25519_public(alice_seed), ed25519_public(bob_seed)
+    root_key = identity.PrivateKey(root_seed)
+    genesis = com.genesis(root_key, owner.public_key.raw, COM_TIME, "vectors")
+    chan = com.channel_add(owner, community, [genesis[-1].id], COM_TIME + 1, "general")
+    cap = com.make_capability(
+        owner,
+        community,
+        expires_ms=COM_TIME + 10**9,
+        nonce=seeded_bytes("community/feeds/nonce", 16),
+        max_uses=5,
+    )
+    ja = com.join(identity.PrivateKey(alice_seed), cap, [chan.id], COM_TIME + 2)
+    jb = com.join(identity.PrivateKey(bob_seed), cap, [ja.id], COM_TIME + 3)
+    authority = [e.raw for e in (*genesis, chan, ja, jb)]
+    dev_a, dev_b = b"\xaa" * 8, b"\xbb" * 8
+    ya = YjsAuthor(alice, dev_a)
+    t = COM_TIME + 1000
+
+    def hlc(ms: int, counter: int = 0) -> int:
+        return (ms << 16) | counter
+
+    def a_post(seq: int, prev: bytes | None, text: str, ms: int, doc: YjsAuthor = ya) -> bytes:
+        mid = dev_a + seq.to_bytes(8, "big")
+        return feed_signed(
+            alice_seed, community, dev_a, seq, prev, hlc(ms), doc.write(mid, chan.id, hlc(ms), text)
+        )
+
+    a1 = a_post(1, None, "first", t)
+    a2 = a_post(2, feed_id(a1), "second", t + 1)
+    a3 = a_post(3, feed_id(a2), "third", t + 2)
+
+    # -- feed entries alone ---------------------------------------------------------------
+    tests = vf.group(
+        "feed-entry",
+        "Check input.entry alone as a feed entry of the community input.community "
+        "(06-community.md 8.2 and steps 1-5 of 8.3). Valid: expected.entryId (SHA-256 of "
+        '"starling/feed-entry-id/1" || the bytes), author, device, seq, prev (absent for '
+        "seq 1) and hlc (a decimal string).",
+        cddl={"file": "spec/cddl/community.cddl", "rule": "feed-entry", "field": "entry"},
+    )
+    forged = bytearray(a2)
+    forged[-1] ^= 0x01
+    bad_prev = feed_signed(alice_seed, community, dev_a, 1, b"\x01" * 32, hlc(t), b"\x00\x00")
+    in_alice = feed_signed(
+        bob_seed, community, dev_a, 4, feed_id(a3), hlc(t + 3), b"\x00\x00", signer=alice
+    )
+    other = feed_signed(
+        alice_seed, ed25519_public(seed("community/other")), dev_a, 1, None, hlc(t), b"\x00\x00"
+    )
+    big = feed_signed(alice_seed, community, dev_a, 1, None, hlc(t), b"\x00" * 12289)
+    cases: list[tuple[str, bytes, list[str], str, str | None]] = [
+        ("Alice's first entry", a1, ["Feed"], "COM-R50", None),
+        ("Alice's second entry, naming the first as prev", a2, ["Feed"], "COM-R50", None),
+        (
+            "a signature that does not hold (last byte changed)",
+            bytes(forged),
+            ["Forged"],
+            "COM-R51",
+            "FEED_ENTRY_FORGED",
+        ),
+        (
+            "an entry in Alice's feed (her key as signer) signed by Bob",
+            in_alice,
+            ["Forged"],
+            "COM-R51",
+            "FEED_ENTRY_FORGED",
+        ),
+        ("prev on the first entry", bad_prev, ["Structure"], "COM-R50", "FEED_ENTRY_MALFORMED"),
+        ("an entry of another community", other, ["Feed"], "COM-R50", "FEED_WRONG_COMMUNITY"),
+        ("an update of 12289 bytes", big, ["Structure"], "COM-R50", "FEED_ENTRY_MALFORMED"),
+    ]
+    from starling.proto import feeds
+
+    for comment, raw, flags, requirement, error in cases:
+        if error is None:
+            entry = feeds.parse_feed_entry(raw, community)
+            body = cbor2.loads(cbor2.loads(raw)[2])
+            expected: Json = {
+                "entryId": feed_id(raw).hex(),
+                "author": alice.hex(),
+                "device": body[2].hex(),
+                "seq": body[3],
+                "hlc": str(body[5]),
+            }
+            if 4 in body:
+                expected["prev"] = body[4].hex()
+            if (entry.id, entry.seq, entry.hlc) != (feed_id(raw), body[3], body[5]):
+                abort(f"{comment}: parse_feed_entry reads other fields")
+        else:
+            expect_error(lambda r=raw: feeds.parse_feed_entry(r, community), error, comment)
+            expected = {}
+        vf.add(
+            tests,
+            comment,
+            flags=flags,
+            requirement=requirement,
+            input={"community": community.hex(), "entry": raw.hex()},
+            expected=expected,
+            error=error,
+        )
+
+    # -- feed chains ------------------------------------------------------------------------
+    tests = vf.group(
+        "feed-chain",
+        "Replay input.authority (06-community 6) as the log, then offer input.entries in order "
+        "to the feeds (8.3) with the clock at input.now (ms). Expected: per entry its outcome "
+        "(accepted, duplicate, pending, held, refused) and error code, then the view of "
+        "input.channel (8.6), oldest first: author, message ID (device || seq) and text.",
+    )
+    fork2 = a_post(2, feed_id(a1), "another second", t + 5, YjsAuthor(alice, dev_a))
+    broken = feed_signed(
+        alice_seed,
+        community,
+        dev_a,
+        2,
+        b"\x02" * 32,
+        hlc(t + 1),
+        ya.write(dev_a + (9).to_bytes(8, "big"), chan.id, hlc(t + 1), "x"),
+    )
+    future = feed_signed(
+        alice_seed,
+        community,
+        dev_a,
+        4,
+        feed_id(a3),
+        hlc(FEED_NOW + 120_000),
+        YjsAuthor(alice, dev_a).write(
+            dev_a + (4).to_bytes(8, "big"), chan.id, hlc(FEED_NOW + 120_000), "later"
+        ),
+    )
+    yb = YjsAuthor(bob, dev_b)
+    hijack = feed_signed(
+        bob_seed,
+        community,
+        dev_b,
+        1,
+        None,
+        hlc(t + 10),
+        yb.write(dev_a + (1).to_bytes(8, "big"), chan.id, hlc(t + 10), "hijacked"),
+    )
+    stranger = feed_signed(
+        carol_seed,
+        community,
+        b"\xcc" * 8,
+        1,
+        None,
+        hlc(t),
+        YjsAuthor(ed25519_public(carol_seed), b"\xcc" * 8).write(
+            b"\xcc" * 8 + (1).to_bytes(8, "big"), chan.id, hlc(t), "hello"
+        ),
+    )
+    ban = com.ban(owner, community, [jb.id], t + 100, bob)
+    yb2 = YjsAuthor(bob, dev_b)
+    b_before = feed_signed(
+        bob_seed,
+        community,
+        dev_b,
+        1,
+        None,
+        hlc(t + 50),
+        yb2.write(dev_b + (1).to_bytes(8, "big"), chan.id, hlc(t + 50), "before"),
+    )
+    b_after = feed_signed(
+        bob_seed,
+        community,
+        dev_b,
+        2,
+        feed_id(b_before),
+        hlc(t + 150),
+        yb2.write(dev_b + (2).to_bytes(8, "big"), chan.id, hlc(t + 150), "after"),
+    )
+    chains: list[tuple[str, list[bytes], list[bytes], str]] = [
+        ("a valid chain of three entries, one given twice", authority, [a1, a2, a3, a2], "COM-R52"),
+        ("a gap: entry 3 waits for entry 2", authority, [a1, a3, a2], "COM-R52"),
+        ("a fork: a second, different entry 2", authority, [a1, a2, fork2], "COM-R52"),
+        ("a broken hash chain: prev is not entry 1's ID", authority, [a1, broken], "COM-R52"),
+        (
+            "from the future: 120 s ahead of the clock, held",
+            authority,
+            [a1, a2, a3, future],
+            "COM-R59",
+        ),
+        (
+            "Bob's update writes Alice's message key: only Bob's document changes",
+            authority,
+            [a1, hijack],
+            "COM-R51",
+        ),
+        ("a stranger's entry", authority, [stranger], "COM-R57"),
+        (
+            "a banned member's entries before and after the ban",
+            [*authority, ban.raw],
+            [b_before, b_after],
+            "COM-R58",
+        ),
+    ]
+    for comment, auth, entries, requirement in chains:
+        expected = feed_chain_model(community, auth, entries, chan.id)
+        vf.add(
+            tests,
+            comment,
+            flags=["Feed"],
+            requirement=requirement,
+            input={
+                "community": community.hex(),
+                "authority": [r.hex() for r in auth],
+                "entries": [r.hex() for r in entries],
+                "channel": chan.id.hex(),
+                "now": str(FEED_NOW),
+            },
+            expected=expected,
+        )
+    outcomes = [
+        o
+        for _, auth, entries, _ in chains
+        for o in feed_chain_model(community, auth, entries, chan.id)["outcomes"]
+    ]
+    want = {"FEED_FORK", "FEED_FROM_FUTURE", "FEED_NOT_MEMBER", "FEED_AUTHOR_BANNED"}
+    if not want <= {o.get("error") for o in outcomes}:
+        abort("feed-chain vectors miss an outcome")
+
+    # -- sync tags ------------------------------------------------------------------------------
+    tests = vf.group(
+        "sync-tag",
+        'The HELLO tag of a community (06-community 9.2): SHA-256("starling/community-sync-tag/1"'
+        " || input.nonce || input.communityKey), first 16 bytes.",
+    )
+    for label in ("a", "b"):
+        nonce = seeded_bytes(f"community/sync/nonce/{label}", 16)
+        tag = hashlib.sha256(SYNC_TAG_DOMAIN + nonce + community).digest()[:16]
+        if sync.community_tag(nonce, community) != tag:
+            abort("community_tag disagrees")
+        vf.add(
+            tests,
+            f"seeded nonce {label!r}",
+            flags=["Sync"],
+            requirement="COM-R61",
+            input={"nonce": nonce.hex(), "communityKey": community.hex()},
+            expected={"tag": tag.hex()},
+        )
+
+    # -- sync messages --------------------------------------------------------------------------
+    tests = vf.group(
+        "sync-message",
+        "Decode input.frame as a sync message (06-community 9.1). Valid: expected.type and, "
+        "when the message names one, expected.community.",
+        cddl={"file": "spec/cddl/community.cddl", "rule": "sync-message", "field": "frame"},
+    )
+    nonce = seeded_bytes("community/sync/nonce/a", 16)
+    hello = cbor2.dumps(
+        {0: 2, 1: nonce, 2: [hashlib.sha256(SYNC_TAG_DOMAIN + nonce + community).digest()[:16]]},
+        canonical=True,
+    )
+    have = cbor2.dumps({0: 4, 1: community, 2: [jb.id], 3: [[alice, dev_a, 1]]}, canonical=True)
+    have_more = cbor2.dumps({0: 4, 1: community, 2: [], 3: [], 4: True}, canonical=True)
+    entries_msg = cbor2.dumps({0: 6, 1: community, 2: [jb.raw], 3: [a1]}, canonical=True)
+    done = cbor2.dumps({0: 8, 1: community}, canonical=True)
+    messages: list[tuple[str, bytes, str | None]] = [
+        ("HELLO with one tag", hello, None),
+        ("HAVE: one head, one feed length", have, None),
+        ("HAVE with more set, nothing yet", have_more, None),
+        ("ENTRIES: one authority entry, one feed entry", entries_msg, None),
+        ("DONE", done, None),
+        (
+            "HELLO with a 15-byte nonce",
+            cbor2.dumps({0: 2, 1: nonce[:15], 2: []}, canonical=True),
+            "SYNC_MALFORMED",
+        ),
+        (
+            "HELLO with 257 tags",
+            cbor2.dumps({0: 2, 1: nonce, 2: [nonce] * 257}, canonical=True),
+            "SYNC_MALFORMED",
+        ),
+        (
+            "HAVE with a head of 31 bytes",
+            cbor2.dumps({0: 4, 1: community, 2: [b"\x00" * 31], 3: []}, canonical=True),
+            "SYNC_MALFORMED",
+        ),
+        (
+            "HAVE with a feed length of two items",
+            cbor2.dumps({0: 4, 1: community, 2: [], 3: [[alice, 1]]}, canonical=True),
+            "SYNC_MALFORMED",
+        ),
+        (
+            "an unknown even type 10",
+            cbor2.dumps({0: 10, 1: community}, canonical=True),
+            "SYNC_MALFORMED",
+        ),
+        (
+            "not canonical CBOR (a non-shortest type)",
+            b"\xa2\x00\x18\x08\x01\x58\x20" + community,
+            "SYNC_MALFORMED",
+        ),
+        (
+            "a frame of 65520 bytes",
+            cbor2.dumps({0: 8, 1: community, 3: b"\x00" * 65478}, canonical=True),
+            "SYNC_TOO_LARGE",
+        ),
+    ]
+    for comment, frame, error in messages:
+        if error is None:
+            decoded = cbor2.loads(frame)
+            expected = {"type": decoded[0]}
+            if 1 in decoded and decoded[0] != 2:
+                expected["community"] = decoded[1].hex()
+            sync.decode_message(frame)
+        else:
+            if error == "SYNC_TOO_LARGE" and len(frame) <= 65519:
+                abort(f"{comment}: the frame is {len(frame)} bytes")
+            expect_error(lambda f=frame: sync.decode_message(f), error, comment)
+            expected = {}
+        vf.add(
+            tests,
+            comment,
+            flags=["Sync"],
+            requirement="COM-R64",
+            input={"frame": frame.hex()},
+            expected=expected,
+            error=error,
+        )
+
+    # -- answers ----------------------------------------------------------------------------------
+    tests = vf.group(
+        "sync-answer",
+        "A node holds the community input.community with the authority entries input.authority "
+        "and the feed entries input.feeds (taken with the clock at input.now). A session starts; "
+        "the peer's first message is input.request. Expected: the frames the node sends, in order "
+        "(06-community 9.2, 9.3).",
+    )
+    held_feeds = [a1, a2, a3]
+    answers: list[tuple[str, bytes]] = [
+        ("HELLO naming the community: the node's HAVE", hello),
+        (
+            "HELLO naming nothing the node holds: no answer",
+            cbor2.dumps({0: 2, 1: nonce, 2: [b"\x00" * 16]}, canonical=True),
+        ),
+        (
+            "HAVE of a joiner that holds nothing: HAVE, then everything, parents first, then DONE",
+            cbor2.dumps({0: 4, 1: community, 2: [], 3: []}, canonical=True),
+        ),
+        ("HAVE with the latest head and one of Alice's three entries: the two others", have),
+        (
+            "HAVE of a community the node does not hold: DONE alone",
+            cbor2.dumps(
+                {0: 4, 1: ed25519_public(seed("community/other")), 2: [], 3: []}, canonical=True
+            ),
+        ),
+    ]
+    for comment, request in answers:
+        replica = sync.Replica(community)
+        replica.take(authority, held_feeds, FEED_NOW)
+        session = sync.SyncSession({community: replica}, 0.0)
+        session.receive(request, 0.0, FEED_NOW)
+        frames = session.frames_to_send()
+        for frame in frames:
+            cbor2.loads(frame)  # well-formed
+        vf.add(
+            tests,
+            comment,
+            flags=["Sync"],
+            requirement="COM-R63",
+            input={
+                "community": community.hex(),
+                "authority": [r.hex() for r in authority],
+                "feeds": [r.hex() for r in held_feeds],
+                "now": str(FEED_NOW),
+                "request": request.hex(),
+            },
+            expected={"frames": [f.hex() for f in frames]},
+        )
+
+    # -- live messages ----------------------------------------------------------------------------
+    tests = vf.group(
+        "live-message",
+        "Decode input.data, the data of a gossip message on a community's topic (06-community "
+        "9.7). Valid: expected.kind (1 authority entry, 2 feed entry) and expected.entry.",
+    )
+    lives: list[tuple[str, bytes, str | None]] = [
+        ("a live authority entry", cbor2.dumps({0: 1, 1: jb.raw}, canonical=True), None),
+        ("a live feed entry", cbor2.dumps({0: 2, 1: a1}, canonical=True), None),
+        ("kind 3", cbor2.dumps({0: 3, 1: a1}, canonical=True), "SYNC_MALFORMED"),
+        ("no entry", cbor2.dumps({0: 2}, canonical=True), "SYNC_MALFORMED"),
+        ("16401 bytes", cbor2.dumps({0: 2, 1: b"\x00" * 16395}, canonical=True), "SYNC_MALFORMED"),
+    ]
+    for comment, data, error in lives:
+        if error is None:
+            decoded = cbor2.loads(data)
+            expected = {"kind": decoded[0], "entry": decoded[1].hex()}
+            if sync.decode_live(data) != (decoded[0], decoded[1]):
+                abort(f"{comment}: decode_live disagrees")
+        else:
+            expect_error(lambda d=data: sync.decode_live(d), error, comment)
+            expected = {}
+        vf.add(
+            tests,
+            comment,
+            flags=["Live"],
+            requirement="COM-R67",
+            input={"data": data.hex()},
+            expected=expected,
+            error=error,
+        )
 
 
 def com_bech32_bytes(text: str) -> bytes:

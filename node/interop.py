@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from starling.proto import codec, dht, gossip, identity, nat
+from starling.proto import codec, dht, feeds, gossip, identity, nat, sync
 from starling.proto import community as com
 from starling.proto import session as ses
 from starling.proto.errors import DhtError, ErrorCode, NatError, StarlingError
@@ -921,6 +921,77 @@ def _run_community_replay(group: Json, test: Json) -> Outputs:
     return first
 
 
+def _run_feed_entry(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    entry = feeds.parse_feed_entry(bytes.fromhex(given["entry"]), bytes.fromhex(given["community"]))
+    out: Outputs = {
+        "entryId": entry.id.hex(),
+        "author": entry.author.hex(),
+        "device": entry.device.hex(),
+        "seq": entry.seq,
+        "hlc": str(entry.hlc),
+    }
+    if entry.prev is not None:
+        out["prev"] = entry.prev.hex()
+    return out
+
+
+def _run_feed_chain(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    log = com.AuthorityLog(bytes.fromhex(given["community"]))
+    log.add_many([bytes.fromhex(raw) for raw in given["authority"]])
+    feed_set = feeds.FeedSet(log)
+    now = _uint(given["now"])
+    outcomes = []
+    for raw in given["entries"]:
+        result = feed_set.add(bytes.fromhex(raw), now)
+        item: Outputs = {"outcome": result.outcome.value}
+        if result.code is not None:
+            item["error"] = result.code.name
+        outcomes.append(item)
+    view = [
+        {"author": m.author.hex(), "id": m.id.hex(), "text": m.text}
+        for m in feed_set.page(bytes.fromhex(given["channel"]), None, 1000)
+    ]
+    return {"outcomes": outcomes, "view": view}
+
+
+def _run_sync_tag(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    tag = sync.community_tag(bytes.fromhex(given["nonce"]), bytes.fromhex(given["communityKey"]))
+    return {"tag": tag.hex()}
+
+
+def _run_sync_message(group: Json, test: Json) -> Outputs:
+    message = sync.decode_message(bytes.fromhex(test["input"]["frame"]))
+    if message is None:
+        raise Mismatch("an unknown odd type: no message")
+    kinds = {sync.Hello: 2, sync.Have: 4, sync.Entries: 6, sync.Done: 8}
+    out: Outputs = {"type": kinds[type(message)]}
+    if not isinstance(message, sync.Hello):
+        out["community"] = message.community.hex()
+    return out
+
+
+def _run_sync_answer(group: Json, test: Json) -> Outputs:
+    given = test["input"]
+    community, now = bytes.fromhex(given["community"]), _uint(given["now"])
+    replica = sync.Replica(community)
+    replica.take(
+        [bytes.fromhex(r) for r in given["authority"]],
+        [bytes.fromhex(r) for r in given["feeds"]],
+        now,
+    )
+    session = sync.SyncSession({community: replica}, 0.0)
+    session.receive(bytes.fromhex(given["request"]), 0.0, now)
+    return {"frames": [frame.hex() for frame in session.frames_to_send()]}
+
+
+def _run_live_message(group: Json, test: Json) -> Outputs:
+    kind, entry = sync.decode_live(bytes.fromhex(test["input"]["data"]))
+    return {"kind": kind, "entry": entry.hex()}
+
+
 SUITES: Mapping[str, Mapping[str, TestRunner]] = {
     "codec": {"cbor": _run_cbor, "message": _run_message},
     "identity": {
@@ -980,6 +1051,12 @@ SUITES: Mapping[str, Mapping[str, TestRunner]] = {
         "capability": _run_community_capability,
         "invite-link": _run_community_invite_link,
         "replay": _run_community_replay,
+        "feed-entry": _run_feed_entry,
+        "feed-chain": _run_feed_chain,
+        "sync-tag": _run_sync_tag,
+        "sync-message": _run_sync_message,
+        "sync-answer": _run_sync_answer,
+        "live-message": _run_live_message,
     },
 }
 """Suite name -> group type -> runner. A group type missing here is "unsupported"."""

@@ -518,6 +518,16 @@ class Store:
             fsync=True,
         )
 
+    async def set_meta(self, key: str, value: bytes, *, fsync: bool = True) -> None:
+        """Keep a small named value (the community layer's device ID, community keys)."""
+        await self._put([("meta", (str(key), bytes(value)))], fsync=fsync)
+
+    async def get_meta(self, key: str) -> bytes | None:
+        rows = list(
+            await self._reader.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        )
+        return bytes(rows[0][0]) if rows else None
+
     async def put_peer(
         self,
         peer_id: bytes,

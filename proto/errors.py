@@ -191,6 +191,16 @@ class ErrorCode(IntEnum):
     FEED_HLC_REGRESSION = 0x0848
     FEED_BAD_UPDATE = 0x0849
     FEED_PENDING_LIMIT = 0x084A
+    # sync and live entries (06-community section 9): 0x0860-0x086f
+    SYNC_MALFORMED = 0x0860
+    SYNC_TOO_LARGE = 0x0861
+    SYNC_LIMIT = 0x0862
+    SYNC_UNEXPECTED = 0x0863
+    # the client API (06-community section 11, local): 0x0870-0x087f
+    COMMUNITY_UNKNOWN = 0x0870
+    COMMUNITY_NO_SUCH_MEMBER = 0x0871
+    COMMUNITY_AMBIGUOUS_NAME = 0x0872
+    COMMUNITY_JOIN_FAILED = 0x0873
 
 
 class StarlingError(Exception):

@@ -51,7 +51,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -66,6 +66,7 @@ from .identity import PrivateKey, PublicKey
 __all__ = [
     "FEED_DOMAIN",
     "MAX_FUTURE_MS",
+    "BatchVerifier",
     "ChannelView",
     "Feed",
     "FeedEntry",
@@ -73,11 +74,14 @@ __all__ = [
     "FeedSet",
     "Message",
     "Outcome",
+    "Prepared",
     "feed_entry_id",
     "hlc_next",
     "hlc_physical",
     "parse_feed_entry",
+    "prepare",
     "sign_feed_entry",
+    "verify_serially",
 ]
 
 FEED_DOMAIN = "starling/feed-entry/1"
@@ -171,8 +175,90 @@ class FeedEntry:
         return self.author, self.device
 
 
-def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
-    """Check and verify a feed entry alone, in the order of 06-community 8.3 [COM-R52]."""
+def _uint(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """A shortest-form unsigned integer head at ``pos`` -> (value, next position)."""
+    if pos >= len(raw):
+        return None
+    initial = raw[pos]
+    major, info = initial >> 5, initial & 0x1F
+    if major not in (0, 2):
+        return None
+    if info < 24:
+        return info, pos + 1
+    if info > 27:
+        return None
+    size = 1 << (info - 24)
+    value = int.from_bytes(raw[pos + 1 : pos + 1 + size], "big")
+    if pos + 1 + size > len(raw) or value < (24 if size == 1 else 1 << (4 * size)):
+        return None
+    return value, pos + 1 + size
+
+
+def _bstr(raw: bytes, pos: int) -> tuple[bytes, int] | None:
+    if pos >= len(raw) or raw[pos] >> 5 != 2:
+        return None
+    head = _uint(raw, pos)
+    if head is None:
+        return None
+    length, start = head
+    if start + length > len(raw):
+        return None
+    return raw[start : start + length], start + length
+
+
+def _fast_structure(raw: bytes) -> tuple[bytes, bytes, bytes, list[object]] | None:
+    """The canonical shape of a feed entry of type 2, read without the generic decoder.
+
+    Returns ``(signer, payload, signature, [community, device, seq, prev, hlc, update])``
+    only for bytes the generic path would accept with the same fields (shortest forms,
+    the exact keys in order, no odd extensions); anything else gives None and the caller
+    takes the generic path, so errors and odd shapes are judged there. The catch-up of
+    thousands of entries spends most of its time decoding otherwise.
+    """
+    if len(raw) < 110 or raw[:4] != b"\xa3\x01\x58\x20" or raw[36] != 0x02:
+        return None
+    signer = raw[4:36]
+    got = _bstr(raw, 37)
+    if got is None:
+        return None
+    payload, pos = got
+    if raw[pos : pos + 3] != b"\x03\x58\x40" or pos + 67 != len(raw):
+        return None
+    signature = raw[pos + 3 :]
+    p = payload
+    if len(p) < 50 or p[0] not in (0xA6, 0xA7) or p[1:5] != b"\x00\x02\x01\x58":
+        return None
+    if p[5] != 0x20 or p[38:40] != b"\x02\x48" or p[48] != 0x03:
+        return None
+    community, device = p[6:38], p[40:48]
+    got_seq = _uint(p, 49)
+    if got_seq is None or p[49] >> 5 != 0:
+        return None
+    seq, pos = got_seq
+    prev: bytes | None = None
+    if p[0] == 0xA7:
+        if p[pos : pos + 3] != b"\x04\x58\x20" or seq < 2:
+            return None
+        prev, pos = p[pos + 3 : pos + 35], pos + 35
+    elif seq != 1:
+        return None
+    if seq > MAX_SEQ or p[pos : pos + 1] != b"\x05" or pos + 1 >= len(p) or p[pos + 1] >> 5:
+        return None
+    got_hlc = _uint(p, pos + 1)
+    if got_hlc is None:
+        return None
+    hlc, pos = got_hlc
+    if p[pos : pos + 1] != b"\x06":
+        return None
+    got_update = _bstr(p, pos + 1)
+    if got_update is None or got_update[1] != len(p) or len(got_update[0]) > MAX_UPDATE_SIZE:
+        return None
+    return signer, payload, signature, [community, device, seq, prev, hlc, got_update[0]]
+
+
+def _structure(raw: bytes, community: bytes | None) -> tuple[FeedEntry, bytes, bytes]:
+    """Steps 1-4 of 06-community 8.3 (size, structure, prev rule, community), unverified:
+    ``(entry, payload, signature)``."""
     raw = bytes(raw)
     if len(raw) > MAX_ENTRY_SIZE:
         raise _fail(
@@ -180,6 +266,39 @@ def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
             f"feed entry of {len(raw)} bytes exceeds {MAX_ENTRY_SIZE}",
             "COM-R50",
         )
+    fast = _fast_structure(raw)
+    if fast is not None:
+        signer, payload, signature, values = fast
+        entry_community, device, seq, prev, hlc, update = values
+        assert isinstance(entry_community, bytes) and isinstance(device, bytes)
+        assert isinstance(seq, int) and isinstance(hlc, int) and isinstance(update, bytes)
+        assert prev is None or isinstance(prev, bytes)
+    else:
+        signer, payload, signature, fields = _generic_structure(raw)
+        seq, prev = fields["seq"], fields.get("prev")
+        assert isinstance(seq, int)
+        if (seq == 1) != (prev is None):
+            raise _fail(
+                ErrorCode.FEED_ENTRY_MALFORMED,
+                "prev is present exactly when seq is above 1",
+                "COM-R50",
+            )
+        entry_community, device, hlc = fields["community"], fields["device"], fields["hlc"]
+        update = fields.get("update")
+        assert isinstance(entry_community, bytes) and isinstance(device, bytes)
+        assert isinstance(hlc, int) and (prev is None or isinstance(prev, bytes))
+        assert update is None or isinstance(update, bytes)
+    if community is not None and entry_community != community:
+        raise _fail(
+            ErrorCode.FEED_WRONG_COMMUNITY, "the entry belongs to another community", "COM-R50"
+        )
+    entry = FeedEntry(
+        feed_entry_id(raw), raw, signer, entry_community, device, seq, prev, hlc, update
+    )
+    return entry, payload, signature
+
+
+def _generic_structure(raw: bytes) -> tuple[bytes, bytes, bytes, dict[str, codec.Value]]:
     try:
         signer, payload, signature = identity.read_envelope(raw, ENTRY_LIMITS)
         body = codec.decode(payload, ENTRY_LIMITS)
@@ -195,33 +314,70 @@ def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
         raise _fail(
             ErrorCode.FEED_ENTRY_MALFORMED, f"not a well-formed feed entry: {exc}", "COM-R50"
         ) from None
-    seq, prev = fields["seq"], fields.get("prev")
-    assert isinstance(seq, int)
-    if (seq == 1) != (prev is None):
-        raise _fail(
-            ErrorCode.FEED_ENTRY_MALFORMED,
-            "prev is present exactly when seq is above 1",
-            "COM-R50",
-        )
-    entry_community = fields["community"]
-    assert isinstance(entry_community, bytes)
-    if community is not None and entry_community != community:
-        raise _fail(
-            ErrorCode.FEED_WRONG_COMMUNITY, "the entry belongs to another community", "COM-R50"
-        )
+    return signer, payload, signature, fields
+
+
+def _verify(entry: FeedEntry, payload: bytes, signature: bytes) -> None:
+    """Step 5 of 06-community 8.3: the author's signature [COM-R51]."""
     try:
-        PublicKey(signer).verify(FEED_DOMAIN, payload, signature)
+        PublicKey(entry.author).verify(FEED_DOMAIN, payload, signature)
     except StarlingError as exc:
         raise _fail(
             ErrorCode.FEED_ENTRY_FORGED, f"the signature does not hold: {exc}", "COM-R51"
         ) from None
-    device, hlc, update = fields["device"], fields["hlc"], fields.get("update")
-    assert isinstance(device, bytes) and isinstance(hlc, int)
-    assert prev is None or isinstance(prev, bytes)
-    assert update is None or isinstance(update, bytes)
-    return FeedEntry(
-        feed_entry_id(raw), raw, signer, entry_community, device, seq, prev, hlc, update
-    )
+
+
+def parse_feed_entry(raw: bytes, community: bytes | None = None) -> FeedEntry:
+    """Check and verify a feed entry alone, in the order of 06-community 8.3 [COM-R52]."""
+    entry, payload, signature = _structure(raw, community)
+    _verify(entry, payload, signature)
+    return entry
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Feed entries read ahead of ``FeedSet.add_many`` (keyed by their bytes): their
+    structure, and the verdicts on their signatures once a caller filled ``verified``
+    (a node checks them on other threads while it goes on receiving)."""
+
+    entries: dict[bytes, tuple[FeedEntry, bytes, bytes] | StarlingError]
+    verified: dict[bytes, StarlingError | None] = field(default_factory=dict)
+
+    def checks(self) -> list[tuple[bytes, tuple[bytes, str, bytes, bytes]]]:
+        """``(raw, (key, domain, payload, signature))`` of every entry to verify."""
+        return [
+            (raw, (item[0].author, FEED_DOMAIN, item[1], item[2]))
+            for raw, item in self.entries.items()
+            if not isinstance(item, StarlingError)
+        ]
+
+
+def prepare(raws: Iterable[bytes], community: bytes | None = None) -> Prepared:
+    """Steps 1-4 of 06-community 8.3 for a batch, ahead of ``add_many``."""
+    entries: dict[bytes, tuple[FeedEntry, bytes, bytes] | StarlingError] = {}
+    for raw in raws:
+        try:
+            entries[raw] = _structure(raw, community)
+        except StarlingError as exc:
+            entries[raw] = exc
+    return Prepared(entries)
+
+
+#: Verifies many signatures at once: ``[(key, domain, payload, signature)]`` -> per item
+#: the error, or None when it holds. A node may spread the work over threads.
+BatchVerifier = Callable[[list[tuple[bytes, str, bytes, bytes]]], list[StarlingError | None]]
+
+
+def verify_serially(items: list[tuple[bytes, str, bytes, bytes]]) -> list[StarlingError | None]:
+    out: list[StarlingError | None] = []
+    for key, domain, payload, signature in items:
+        try:
+            PublicKey(key).verify(domain, payload, signature)
+        except StarlingError as exc:
+            out.append(exc)
+        else:
+            out.append(None)
+    return out
 
 
 def sign_feed_entry(
@@ -423,6 +579,9 @@ class FeedSet:
         self._channels: dict[bytes, _Index] = {}
         self._cut: dict[bytes, int] = {}  # banned author -> ban time applied
         self._bans_seen: dict[bytes, bytes] = {}
+        # Called with (message as now, message before or None) for every change an
+        # applied update makes to an author's messages (the client's live events).
+        self.on_change: Callable[[Message, Message | None], None] | None = None
 
     # -- documents ------------------------------------------------------------------------
 
@@ -441,7 +600,10 @@ class FeedSet:
                 with contextlib.suppress(ValueError):
                     doc.messages.pop(bytes.fromhex(key), None)
                 continue
+            before = doc.messages.get(mid_msg.id)
             doc.messages[mid_msg.id] = mid_msg
+            if self.on_change is not None:
+                self.on_change(mid_msg, before)
             index = self._channels.get(mid_msg.channel)
             if index is None:
                 index = self._channels[mid_msg.channel] = _Index()
@@ -518,8 +680,55 @@ class FeedSet:
         self.refresh()
         return self._offer(entry, now_ms)
 
-    def add_many(self, raws: Iterable[bytes], now_ms: int) -> list[FeedResult]:
-        return [self.add(raw, now_ms) for raw in raws]
+    def add_many(
+        self,
+        raws: Iterable[bytes],
+        now_ms: int,
+        verify: BatchVerifier | None = None,
+        prepared: Prepared | None = None,
+    ) -> list[FeedResult]:
+        """Take a batch (a sync reply): every entry's structure first, then all the
+        signatures at once through ``verify`` (default: one after the other), then each
+        entry in order, as ``add`` would. ``prepared`` holds what was read (and verified)
+        ahead; entries it lacks are read here."""
+        items: list[tuple[FeedEntry, bytes, bytes] | FeedResult] = []
+        known: dict[bytes, StarlingError | None] = {}
+        for raw in raws:
+            ahead = None if prepared is None else prepared.entries.get(raw)
+            if ahead is None or (
+                not isinstance(ahead, StarlingError) and ahead[0].community != self.community
+            ):  # not read ahead, or read for another community: read it here
+                try:
+                    ahead = _structure(raw, self.community)
+                except StarlingError as exc:
+                    ahead = exc
+            if isinstance(ahead, StarlingError):
+                items.append(FeedResult(Outcome.REFUSED, None, ahead))
+                continue
+            items.append(ahead)
+            if prepared is not None and raw in prepared.verified:
+                known[ahead[0].id] = prepared.verified[raw]
+        checks = [
+            (item[0].author, FEED_DOMAIN, item[1], item[2])
+            for item in items
+            if not isinstance(item, FeedResult) and item[0].id not in known
+        ]
+        errors = iter((verify or verify_serially)(checks))
+        self.refresh()
+        results: list[FeedResult] = []
+        for item in items:
+            if isinstance(item, FeedResult):
+                results.append(item)
+                continue
+            error = known[item[0].id] if item[0].id in known else next(errors)
+            if error is not None:
+                forged = _fail(
+                    ErrorCode.FEED_ENTRY_FORGED, f"the signature does not hold: {error}", "COM-R51"
+                )
+                results.append(FeedResult(Outcome.REFUSED, item[0].id, forged))
+                continue
+            results.append(self._offer(item[0], now_ms))
+        return results
 
     def tick(self, now_ms: int) -> list[FeedResult]:
         """Retry the entries held for their future time [COM-R59]."""
@@ -647,6 +856,11 @@ class FeedSet:
         feed = self._feeds.get((author, device))
         return [] if feed is None else [e.raw for e in feed.entries[seq:]]
 
+    def feed_entries(self, author: bytes, device: bytes, start: int = 0) -> list[FeedEntry]:
+        """The entries of a feed from index ``start`` (0: the first), in order."""
+        feed = self._feeds.get((author, device))
+        return [] if feed is None else feed.entries[start:]
+
     def lacking(self, their_lengths: Mapping[FeedKey, int]) -> list[bytes]:
         """Exactly what a peer with ``their_lengths`` lacks [COM-R55]."""
         out: list[bytes] = []
@@ -666,6 +880,11 @@ class FeedSet:
         """The author's document as read (deleted messages included)."""
         doc = self._docs.get(author)
         return {} if doc is None else dict(doc.messages)
+
+    def message(self, author: bytes, mid: bytes) -> Message | None:
+        """One message of the author's document (deleted ones included), without a copy."""
+        doc = self._docs.get(author)
+        return None if doc is None else doc.messages.get(mid)
 
     def document(self, author: bytes) -> dict[str, Any]:
         """The author's document as plain values (tests, debugging)."""

@@ -884,13 +884,33 @@ def test_our_own_harness_through_the_external_contract(
 
 
 # Community codes that no vector of a pure function can show: a node's pending bound.
-LOCAL_ONLY_COMMUNITY_CODES = {ErrorCode.COMMUNITY_PENDING_LIMIT}
+# The client API's codes (0x087x) are local too.
+LOCAL_ONLY_COMMUNITY_CODES = {
+    ErrorCode.COMMUNITY_PENDING_LIMIT,
+    ErrorCode.COMMUNITY_UNKNOWN,
+    ErrorCode.COMMUNITY_NO_SUCH_MEMBER,
+    ErrorCode.COMMUNITY_AMBIGUOUS_NAME,
+    ErrorCode.COMMUNITY_JOIN_FAILED,
+}
 
 
 def test_community_vectors_cover_every_group_and_code() -> None:
     vectors = load(VECTORS / "community.json")
     groups = {g["type"] for g in vectors["testGroups"]}
-    assert groups == {"community-key", "entry-sign", "entry", "capability", "invite-link", "replay"}
+    assert groups == {
+        "community-key",
+        "entry-sign",
+        "entry",
+        "capability",
+        "invite-link",
+        "replay",
+        "feed-entry",
+        "feed-chain",
+        "sync-tag",
+        "sync-message",
+        "sync-answer",
+        "live-message",
+    }
     seen = errors_in("community")
     for group, test in each_test(vectors):
         if group["type"] == "replay":
@@ -910,7 +930,40 @@ def test_community_vectors_cover_every_group_and_code() -> None:
 
 def test_community_cddl_groups() -> None:
     rules = sorted(g["cddl"]["rule"] for s, g in cddl_groups() if s == "community")
-    assert rules == ["authority-entry", "capability"]
+    assert rules == ["authority-entry", "capability", "feed-entry", "sync-message"]
+
+
+def test_feed_and_sync_vectors_cover_their_codes() -> None:
+    vectors = load(VECTORS / "community.json")
+    seen = errors_in("community")
+    for group, test in each_test(vectors):
+        if group["type"] == "feed-chain":
+            seen |= {o["error"] for o in test["expected"]["outcomes"] if "error" in o}
+    assert {
+        "FEED_ENTRY_FORGED",
+        "FEED_WRONG_COMMUNITY",
+        "FEED_ENTRY_MALFORMED",
+        "FEED_FORK",
+        "FEED_FROM_FUTURE",
+        "FEED_NOT_MEMBER",
+        "FEED_AUTHOR_BANNED",
+        "SYNC_MALFORMED",
+        "SYNC_TOO_LARGE",
+    } <= seen
+    answers = [t for g, t in each_test(vectors) if g["type"] == "sync-answer"]
+    types = {cbor2.loads(bytes.fromhex(f))[0] for t in answers for f in t["expected"]["frames"]}
+    assert types == {4, 6, 8}  # HAVE, ENTRIES, DONE; HELLO is in the sync-message group
+
+
+def test_sync_answer_runner_checks_the_frames(capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = load(VECTORS / "community.json")
+    test = next(
+        t for g, t in each_test(vectors) if g["type"] == "sync-answer" and t["expected"]["frames"]
+    )
+    assert interop.run_suite("community", vectors)[test["tcId"]] == interop.PASS
+    test["expected"]["frames"].pop()
+    assert interop.run_suite("community", vectors)[test["tcId"]] == interop.FAIL
+    assert f"tcId {test['tcId']}" in capsys.readouterr().err
 
 
 def test_community_replay_runner_checks_states_and_outcomes(
