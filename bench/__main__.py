@@ -35,6 +35,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.community",
         "communities on loopback: 10k catch-up, post-to-visible across 10 members, pages",
     ),
+    "journey": (
+        "bench.journey",
+        "the whole journey through the NAT lab by the CLI: join to first message, RSS (root)",
+    ),
 }
 
 
