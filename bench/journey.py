@@ -154,6 +154,7 @@ def run(delay_ms: int = 20, messages: int = 100, workdir: Path | None = None) ->
 
     with netlab.Lab(delay_ms=delay_ms) as lab:
         result["lab"] = {"delay_ms": lab.delay_ms, "note": lab.delay_note}
+        result["delay"] = {"ms": lab.delay_ms, "by": lab.delay_by}
         boot_host = lab.internet_host("boot")
         hosts = {
             "alice": lab.host("a", lab.router("eim", netlab.Nat.EIM)),

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=25,
         metavar="MS",
-        help="netem delay per link into the core (recorded as null where netem is missing)",
+        help="one-way delay per link into the core: netem where the kernel has it, else the "
+        "lab's userspace TUN delay (environment.delay says which)",
     )
     p.add_argument("--pairs", help="comma-separated subset, e.g. eim+symmetric (default: all)")
     p.add_argument(
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "delay_ms": description["delay_ms"],
             "delay_requested_ms": description["delay_requested_ms"],
             "delay_note": description["delay_note"],
+            "delay": {"ms": description["delay"]["ms"], "by": description["delay"]["by"]},
             "loss_pct": description["loss_pct"],
             "parallel": args.parallel,
             "lab": {"prefix": description["prefix"], "nodes": description["nodes"]},

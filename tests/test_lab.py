@@ -7,12 +7,15 @@ One lab is shared by the module to keep the file fast; tests that change a route
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lab import netlab
@@ -211,19 +214,93 @@ def test_check_refuses_a_router_that_does_not_behave(world: World) -> None:
         world.lab.check(broken)
 
 
-def test_wan_delay_is_applied_or_its_absence_recorded() -> None:
+# Run inside a namespace: ping a reflector one datagram at a time (the fastest round trip
+# counts, so a busy machine only ever makes it look slower), then send a burst of numbered
+# asks at once and report the order the answers came back in.
+ROUND_TRIP = """
+import json, socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+sock.settimeout(3)
+to = (sys.argv[2], int(sys.argv[3]))
+trips = []
+for n in range(8):
+    start = time.monotonic()
+    sock.sendto(json.dumps({"ask": n}).encode(), to)
+    while json.loads(sock.recv(2048))["ask"] != n:
+        pass
+    trips.append(time.monotonic() - start)
+for n in range(1000, 1200):
+    sock.sendto(json.dumps({"ask": n}).encode(), to)
+order = []
+try:
+    while len(order) < 200:
+        order.append(json.loads(sock.recv(2048))["ask"])
+except TimeoutError:
+    pass
+print(json.dumps({"rtt_ms": min(trips) * 1000, "order": order}))
+"""
+
+
+def round_trip(lab: Lab, source: Host, target: Host) -> dict[str, Any]:
+    """Real UDP from ``source`` to an echo on ``target``, across the internet core."""
+    with lab.echo(target) as (ip, port):
+        argv = [sys.executable, "-c", ROUND_TRIP, source.address, ip, str(port)]
+        result: dict[str, Any] = json.loads(source.run(argv).stdout)
+    return result
+
+
+def test_wan_delay_holds_packets_for_both_links_in_order() -> None:
+    # One lab, two paths through the same core: between two hosts whose links have no
+    # delay, and between a host behind a NAT and a public host whose links have 25 ms
+    # each. The second round trip crosses four delayed link passes, 100 ms in all.
     with Lab(delay_ms=25) as lab:
-        router = lab.router("r", Nat.PORT_PRESERVING)
-        lab.host("h", router)
         description = lab.description()
         assert description["delay_requested_ms"] == 25
-        if description["delay_ms"] is None:
-            assert "netem" in description["delay_note"]
-        else:
+        if lab.delay_by is None:
+            pytest.skip(f"no delay mechanism here: {lab.delay_note}")
+        assert description["delay"]["by"] == lab.delay_by in ("netem", "tun")
+        quick_a = lab.internet_host("quick-a", delay_ms=0)
+        quick_b = lab.internet_host("quick-b", delay_ms=0)
+        router = lab.router("r", Nat.PORT_PRESERVING)
+        host = lab.host("h", router)
+        far = lab.internet_host("far")
+        assert lab.description()["delay"]["links_ms"] == {
+            quick_a.address: 0,
+            quick_b.address: 0,
+            router.address: 25,
+            far.address: 25,
+        }
+        if lab.delay_by == "netem":
             qdisc = router.run(["tc", "qdisc", "show", "dev", "wan"]).stdout
-            assert "netem" in qdisc
-            assert "delay 25" in qdisc
-        lab.check(router)
+            assert "netem" in qdisc and "delay 25" in qdisc
+        else:
+            rules = lab.core.run(["ip", "rule"]).stdout
+            assert "iif dly lookup main" in rules
+        undelayed = round_trip(lab, quick_a, quick_b)
+        delayed = round_trip(lab, host, far)
+        assert delayed["rtt_ms"] - undelayed["rtt_ms"] >= 0.8 * 4 * 25
+        # Order kept per flow: every numbered answer came back, in the order asked.
+        assert delayed["order"] == list(range(1000, 1200))
+        lab.check(router)  # the NAT behaves exactly as without delay
+        delayer = None
+        if lab.delay_by == "tun":
+            stats = lab.delay_stats()
+            assert stats is not None and stats["dropped"] == 0
+            assert stats["held"] >= 2 * (8 + 8 + 200 + 200)
+            delayer = lab.delay_process()
+            assert delayer is not None and delayer.poll() is None
+    assert lab.namespaces() == []
+    if delayer is not None:
+        assert delayer.poll() is not None  # the delay process went with the lab
+
+
+def test_lab_without_delay_records_none() -> None:
+    with Lab() as lab:
+        assert lab.description()["delay"] == {"ms": None, "by": None, "links_ms": {}}
+        with pytest.raises(netlab.LabError, match="per-link delay needs a lab with a delay"):
+            lab.internet_host("x", delay_ms=10)
+        assert lab.core.run(["ip", "link", "show", "dly"], check=False).returncode != 0
 
 
 def veths_in_root_namespace() -> list[str]:

@@ -37,7 +37,7 @@ PARALLEL = 5
 
 @pytest.fixture(scope="module")
 def matrix() -> Iterator[MatrixLab]:
-    with Lab() as lab:
+    with Lab(delay_ms=25) as lab:
         matrix = MatrixLab(lab)
         try:
             yield matrix

@@ -26,11 +26,15 @@ addresses report the source address they saw for datagrams from one socket behin
 NAT (mapping and port preservation), then a third address, and the first reflector's
 address from another port, send unsolicited datagrams to that mapping (filtering).
 
-WAN delay needs the ``netem`` qdisc. When the kernel lacks it the lab runs without delay,
-and ``Lab.description()`` reports ``delay_ms: None`` with the reason; nothing else in the
-kernel can hold a packet for a fixed time (``tbf``/``htb`` only shape rate, nftables
-can drop but not delay, and ``fq``, which honours BPF-set departure times, is missing as
-well). Loss does not need netem: the core drops with nftables' ``numgen random``.
+WAN delay is a one-way delay per link into the core, so a datagram crossing the internet
+waits for both of its links. Where the kernel has the ``netem`` qdisc it sits on both ends
+of every link. Elsewhere (nothing else in the kernel holds a packet for a fixed time:
+``tbf``/``htb`` only shape rate, nftables can drop but not delay) the core routes every
+forwarded packet through a TUN device to ``delay.py``, which holds it for the sum of its
+two links' delays and hands it back; policy routing (``iif dly``) sends it on by the real
+routes. Either way the delay lives in the core only, so the routers' NAT and conntrack
+are untouched. ``Lab.description()["delay"]`` says which (``by``: netem or tun), or why
+there is none. Loss does not need netem: the core drops with nftables' ``numgen random``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -57,6 +62,9 @@ from typing import Any
 Address = tuple[str, int]
 
 REFLECTOR_SCRIPT = Path(__file__).with_name("reflector.py")
+DELAY_SCRIPT = Path(__file__).with_name("delay.py")
+DELAY_TUN = "dly"  # the core's TUN device for the userspace delay
+DELAY_TABLE = 200  # the core's routing table that sends everything into that TUN
 PREFIX_PATTERN = re.compile(r"^(stlab-(\d+)-[0-9a-f]{6})-")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 REQUIRED_TOOLS = ("ip", "tc", "nft", "conntrack")
@@ -511,7 +519,10 @@ def _router_ruleset(router: Router) -> str:
 def _core_ruleset(loss_pct: float) -> str:
     forward = ["jump direct"]
     if loss_pct > 0:
-        forward.append(f"numgen random mod 10000 < {round(loss_pct * 100)} drop")
+        # Once per datagram: with the userspace delay a packet is forwarded twice (into
+        # the TUN, then out of it to its link); only the second pass may lose it.
+        chance = round(loss_pct * 100)
+        forward.append(f'oifname != "{DELAY_TUN}" numgen random mod 10000 < {chance} drop')
     lines = [
         "table ip lab_filter {",
         "    chain direct {",
@@ -523,20 +534,31 @@ def _core_ruleset(loss_pct: float) -> str:
 
 
 class _Worker:
-    """A reflector.py process driven by JSON lines over its stdin and stdout."""
+    """A reflector.py (or delay.py) process driven by JSON lines over its stdin and stdout."""
 
-    def __init__(self, node: Node, args: Sequence[str]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        args: Sequence[str],
+        *,
+        script: Path = REFLECTOR_SCRIPT,
+        die_with_parent: bool = True,
+    ) -> None:
         self.node = node
+        self.script = script
         self.process = node.popen(
-            [sys.executable, "-u", str(REFLECTOR_SCRIPT), *args],
+            [sys.executable, "-u", str(script), *args],
+            die_with_parent=die_with_parent,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
         )
         self._buffer = b""
-        ready = self.receive(timeout=20)
-        self.bound: list[Address] = [(ip, port) for ip, port in ready["ready"]]
+        ready = self.receive(timeout=20)["ready"]
+        self.bound: list[Address] = (
+            [(ip, port) for ip, port in ready] if isinstance(ready, list) else []
+        )
 
     def receive(self, timeout: float) -> dict[str, Any]:
         stdout = self.process.stdout
@@ -553,7 +575,7 @@ class _Worker:
                 error = self.process.stderr.read().decode(errors="replace").strip()
                 self.stop()
                 why = "no answer in time" if not readable else "it exited"
-                raise LabError(f"reflector.py in {self.node.netns}: {why}: {error}")
+                raise LabError(f"{self.script.name} in {self.node.netns}: {why}: {error}")
             self._buffer += data
         line, self._buffer = self._buffer.split(b"\n", 1)
         answer: dict[str, Any] = json.loads(line)
@@ -609,10 +631,11 @@ class Probe:
 class Lab:
     """A set of namespaces forming an internet with NAT routers; a context manager.
 
-    ``delay_ms``: one-way netem delay on every link into the internet core (so a datagram
-    crossing the internet waits 2 x delay_ms); ignored, with the reason in
-    ``description()``, when the kernel has no netem. ``loss_pct``: share of datagrams the
-    core drops (nftables, works without netem).
+    ``delay_ms``: one-way delay on every link into the internet core (so a datagram
+    crossing the internet waits 2 x delay_ms; ``internet_host``/``router`` take a per-link
+    ``delay_ms`` too). By ``netem`` where the kernel has it, else by the core's TUN and
+    ``delay.py``; ``description()["delay"]`` says which, or why there is none (no netem and
+    no /dev/net/tun). ``loss_pct``: share of datagrams the core drops (nftables).
     """
 
     def __init__(self, *, delay_ms: int | None = None, loss_pct: float = 0.0) -> None:
@@ -623,7 +646,12 @@ class Lab:
         self.prefix = f"stlab-{os.getpid()}-{secrets.token_hex(3)}"
         self.delay_requested_ms = delay_ms
         self.delay_ms: int | None = None
+        self.delay_by: str | None = None
+        """How the delay is applied: "netem", "tun" (userspace, ``delay.py``) or None."""
         self.delay_note = "no delay requested"
+        self._link_delays: dict[str, int] = {}
+        self._delay_worker: _Worker | None = None
+        self._delay_lock = threading.Lock()
         self.loss_pct = loss_pct
         self.nodes: dict[str, Node] = {}
         self.checks: dict[str, dict[str, Any]] = {}
@@ -643,7 +671,7 @@ class Lab:
             self.core._sysctl({"net.ipv4.ip_forward": 1})
             self.core._nft(_core_ruleset(loss_pct))
             if delay_ms:
-                self._probe_netem(delay_ms)
+                self._start_delay(delay_ms)
         except BaseException:
             self.close()
             raise
@@ -656,13 +684,19 @@ class Lab:
 
     # -- building ---------------------------------------------------------------------
 
-    def internet_host(self, name: str, address: str | None = None) -> Host:
-        """A public host on the internet (relay, bootstrap node), 203.0.113.10 onward."""
+    def internet_host(
+        self, name: str, address: str | None = None, *, delay_ms: int | None = None
+    ) -> Host:
+        """A public host on the internet (relay, bootstrap node), 203.0.113.10 onward.
+
+        ``delay_ms``: this link's one-way delay instead of the lab's (needs a lab built
+        with a delay, so that the mechanism is in place).
+        """
         if address is None:
             address = str(PUBLIC_HOSTS.network_address + self._public_hosts)
             self._public_hosts += 1
         host = Host(self, self._name(name), address, None)
-        self._attach_to_core(host, "eth0")
+        self._attach_to_core(host, "eth0", delay_ms=delay_ms)
         return host
 
     def router(
@@ -675,6 +709,7 @@ class Lab:
         carrier: bool = False,
         relays: Iterable[Node | str] = (),
         udp_timeout: int | None = None,
+        delay_ms: int | None = None,
     ) -> Router:
         """A NAT router, on the internet (WAN 198.51.100.10 onward) or ``behind`` another.
 
@@ -683,6 +718,8 @@ class Lab:
         ``relays``: for ``Nat.UDP_BLOCKED``, the addresses UDP may still go to.
         ``udp_timeout``: seconds an idle UDP flow keeps its mapping in this router
         (conntrack's unreplied and replied timeouts, and the EIM map's timeout).
+        ``delay_ms``: the one-way delay of its WAN link into the core, instead of the lab's
+        (routers on the internet only).
         """
         kind = Nat(kind)
         if lan is None:
@@ -710,7 +747,9 @@ class Lab:
             udp_timeout=udp_timeout,
         )
         if behind is None:
-            self._attach_to_core(router, "wan")
+            self._attach_to_core(router, "wan", delay_ms=delay_ms)
+        elif delay_ms is not None:
+            raise LabError(f"router {name}: only links into the core have a delay")
         else:
             self._attach_behind(router, behind, "wan")
         router._ip(
@@ -755,7 +794,17 @@ class Lab:
         no_ipv6 = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
         node._sysctl(no_ipv6, optional=list(no_ipv6))
 
-    def _attach_to_core(self, node: Node, device: str, extra: Sequence[str] = ()) -> None:
+    def _attach_to_core(
+        self,
+        node: Node,
+        device: str,
+        extra: Sequence[str] = (),
+        delay_ms: int | None = None,
+    ) -> None:
+        if delay_ms is not None and self.delay_by is None:
+            raise LabError(
+                f"{node.name}: a per-link delay needs a lab with a delay ({self.delay_note})"
+            )
         self._add_netns(node)
         self._links += 1
         link = f"c{self._links}"
@@ -780,10 +829,18 @@ class Lab:
                 f"route add default via {gateway} dev {device} onlink",
             ]
         )
-        if self.delay_ms:
+        delay = self.delay_ms if delay_ms is None else delay_ms
+        if self.delay_by is not None:
+            for ip in addresses:
+                self._link_delays[ip] = delay or 0
+        if self.delay_by == "netem" and delay:
             for namespace, dev in ((self.core, link), (node, device)):
-                netem = ["qdisc", "add", "dev", dev, "root", "netem", "delay", f"{self.delay_ms}ms"]
+                netem = ["qdisc", "add", "dev", dev, "root", "netem", "delay", f"{delay}ms"]
                 _run(["tc", "-n", namespace.netns, *netem])
+        elif self.delay_by == "tun":
+            assert self._delay_worker is not None
+            with self._delay_lock:
+                self._delay_worker.call({"delays": dict.fromkeys(addresses, delay or 0)})
 
     def _attach_behind(self, node: Node, router: Router, device: str) -> None:
         self._add_netns(node)
@@ -805,22 +862,72 @@ class Lab:
         )
         router.downstream.append(node)
 
-    def _probe_netem(self, delay_ms: int) -> None:
+    def _start_delay(self, delay_ms: int) -> None:
+        """netem where the kernel has it, else the userspace delay behind a TUN."""
         probe = ["tc", "-n", self.core.netns, "qdisc", "add", "dev", "lo", "root", "netem"]
         result = _run([*probe, "delay", f"{delay_ms}ms"], check=False)
         if result.returncode == 0:
             _run(["tc", "-n", self.core.netns, "qdisc", "del", "dev", "lo", "root"])
-            self.delay_ms = delay_ms
-            self.delay_note = f"netem delay {delay_ms}ms one way on every link to the core"
-        else:
-            self.delay_note = (
-                f"no WAN delay: this kernel has no netem qdisc ({result.stderr.strip()}); "
-                "tbf/htb only shape rate and nftables cannot delay, so the lab runs undelayed"
-            )
+            self.delay_ms, self.delay_by = delay_ms, "netem"
+            self.delay_note = f"netem delay {delay_ms}ms one way on both ends of every core link"
+            return
+        no_netem = f"this kernel has no netem qdisc ({result.stderr.strip()})"
+        if not os.path.exists("/dev/net/tun"):
+            self.delay_note = f"no WAN delay: {no_netem} and there is no /dev/net/tun"
+            return
+        self._start_tun_delay()
+        self.delay_ms, self.delay_by = delay_ms, "tun"
+        self.delay_note = (
+            f"userspace delay ({no_netem}): the core routes forwarded packets through TUN "
+            f"{DELAY_TUN} to delay.py, which holds each for its two links' delays "
+            f"({delay_ms}ms one way per link)"
+        )
+
+    def _start_tun_delay(self) -> None:
+        # Rule 0 (local table) keeps traffic to the core's own gateways undelayed. A packet
+        # delay.py wrote back arrives with iif dly: rule 100 sends it on by main's /32
+        # routes, and rule 101 blackholes what main cannot route, so it never falls
+        # through to rule 200. Every other packet (arriving from a link, or sent by the
+        # core itself) meets rule 200, whose table's only route is the TUN. accept_local:
+        # the core's own packets (ICMP errors) come back from the TUN with a local source.
+        self.core._ip([f"tuntap add dev {DELAY_TUN} mode tun"])
+        self.core._sysctl(
+            {
+                "net.ipv4.conf.all.rp_filter": 0,
+                f"net.ipv4.conf.{DELAY_TUN}.rp_filter": 0,
+                f"net.ipv4.conf.{DELAY_TUN}.accept_local": 1,
+            }
+        )
+        self.core._ip(
+            [
+                f"link set {DELAY_TUN} txqueuelen 10000 up",
+                f"rule add iif {DELAY_TUN} lookup main pref 100",
+                f"rule add iif {DELAY_TUN} blackhole pref 101",
+                f"route add default dev {DELAY_TUN} table {DELAY_TABLE}",
+                f"rule add lookup {DELAY_TABLE} pref 200",
+            ]
+        )
+        # Not killed with the starting thread (the lab may outlive it): delay.py exits when
+        # its stdin closes, i.e. when the lab closes or the test process dies.
+        self._delay_worker = _Worker(
+            self.core, [DELAY_TUN], script=DELAY_SCRIPT, die_with_parent=False
+        )
+
+    def delay_stats(self) -> dict[str, int] | None:
+        """The userspace delay's counters (held, released, dropped, queued), or None."""
+        if self._delay_worker is None:
+            return None
+        with self._delay_lock:
+            return self._delay_worker.call({"stats": True})
+
+    def delay_process(self) -> subprocess.Popen[Any] | None:
+        """The userspace delay's process (``delay.py`` in the core), or None."""
+        return None if self._delay_worker is None else self._delay_worker.process
 
     def _round_trip_s(self) -> float:
         # Worst case in the lab: host -> core -> core -> host crosses 2 delayed links each way.
-        return 4 * (self.delay_ms or 0) / 1000
+        worst = max([self.delay_ms or 0, *self._link_delays.values()])
+        return 4 * worst / 1000
 
     # -- processes --------------------------------------------------------------------
 
@@ -951,6 +1058,11 @@ class Lab:
             "delay_ms": self.delay_ms,
             "delay_requested_ms": self.delay_requested_ms,
             "delay_note": self.delay_note,
+            "delay": {
+                "ms": self.delay_ms,
+                "by": self.delay_by,
+                "links_ms": dict(self._link_delays),
+            },
             "loss_pct": self.loss_pct,
             "nodes": nodes,
             "checks": self.checks,
