@@ -79,18 +79,22 @@ def say(obj: object) -> None:
     print(json.dumps(obj), flush=True)
 
 
-async def round_trip_ms(session: Session, count: int = 5) -> float:
-    """The median time of ``count`` one-frame echoes on a fresh stream."""
+async def round_trip_ms(session: Session, count: int = 5, kind: str | None = None) -> float | None:
+    """The median time of ``count`` one-frame echoes on a fresh stream; with ``kind``,
+    only echoes that began and ended on that kind of path count (the session may move
+    from the relay to a punched path meanwhile), None when none did."""
     loop = asyncio.get_running_loop()
     stream = await session.open_stream(ECHO)
     times = []
     for i in range(count):
+        before = session.path.kind
         started = loop.time()
         await stream.send(bytes([i]) * 32)
         await asyncio.wait_for(stream.recv(), 10)
-        times.append((loop.time() - started) * 1000)
+        if kind is None or before == session.path.kind == kind:
+            times.append((loop.time() - started) * 1000)
     await stream.close()
-    return round(statistics.median(times), 3)
+    return round(statistics.median(times), 3) if times else None
 
 
 class Flow:
@@ -194,14 +198,20 @@ async def hosted_connect(host: Host, peer: PeerId, cmd: dict[str, Any]) -> dict[
         await asyncio.wait_for(probe.recv(), 10)
         answer["time_to_first_byte_ms"] = ms(loop.time())
         await probe.close()
-        answer[f"rtt_ms_{s.path.kind}"] = await round_trip_ms(s)
+        kind = s.path.kind
+        rtt = await round_trip_ms(s, kind=kind)
+        if rtt is not None:
+            answer[f"rtt_ms_{kind}"] = rtt
         deadline = loop.time() + cmd.get("timeout", 15.0)
         while not (s.path.kind == "direct" or s.path.stats["punch_failed"] > 0):
             if loop.time() > deadline:
                 break
             await asyncio.sleep(0.02)
-        if f"rtt_ms_{s.path.kind}" not in answer:
-            answer[f"rtt_ms_{s.path.kind}"] = await round_trip_ms(s)
+        kind = s.path.kind
+        if f"rtt_ms_{kind}" not in answer:
+            rtt = await round_trip_ms(s, kind=kind)
+            if rtt is not None:
+                answer[f"rtt_ms_{kind}"] = rtt
         stream = await s.open_stream(SINK)
         data = bytes(range(256)) * 64
         await stream.send(data)
@@ -286,7 +296,12 @@ async def main() -> None:
             await asyncio.wait_for(probe.recv(), 10)
             first_byte = loop.time()
             await probe.close()
-            rtt = await round_trip_ms(s)
+            # The first path's round trip: only echoes that stayed on it (a punch may move
+            # the session meanwhile); else the first echo's own round trip, stream opening
+            # included (a stream's first frame travels with its opening, no extra trip).
+            rtt = await round_trip_ms(s, kind=first_path)
+            if rtt is None:
+                rtt = round((first_byte - connected) * 1000, 3)
             flow = Flow(s, await s.open_stream(SINK), started)
             flow.task = loop.create_task(flow.pump(cmd.get("chunk", 4096), cmd.get("pause", 0.02)))
             say(
@@ -316,7 +331,10 @@ async def main() -> None:
                 await asyncio.sleep(0.02)
             answer = {"reached": reached(), **flow.report()}
             with contextlib.suppress(Exception):  # the path may be dying: no figure then
-                answer[f"rtt_ms_{path.kind}"] = await round_trip_ms(flow.session)
+                kind = path.kind
+                rtt = await round_trip_ms(flow.session, kind=kind)
+                if rtt is not None:
+                    answer[f"rtt_ms_{kind}"] = rtt
             say(answer)
         elif cmd["op"] == "finish":
             assert flow is not None and flow.task is not None
