@@ -994,7 +994,7 @@ class Communities:
         # A reader takes frames off the stream and starts checking the signatures of large
         # batches on the pool's threads at once, so that the checks of the next frames run
         # while this one is applied; frames are still applied one by one, in order.
-        ahead: asyncio.Queue[tuple[bytes, asyncio.Future[Prepared | None]] | None]
+        ahead: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[Entries, Prepared] | None]] | None]
         ahead = asyncio.Queue(maxsize=8)
 
         async def read() -> None:
@@ -1012,11 +1012,12 @@ class Communities:
                 if self._closed:
                     return
                 frame, checked = item
-                prepared = await checked
+                read_ahead = await checked
                 if self._closed:
                     return
+                decoded, prepared = (None, None) if read_ahead is None else read_ahead
                 try:
-                    peer.core.receive(frame, self._loop.time(), self._now_ms(), prepared)
+                    peer.core.receive(frame, self._loop.time(), self._now_ms(), prepared, decoded)
                 except SyncError as exc:
                     log.info("sync with %s: %s", session, exc)
                     self.stats[f"sync_{exc.code.name}"] = (
@@ -1033,9 +1034,10 @@ class Communities:
                 if pending is not None:
                     pending[1].cancel()
 
-    async def _verify_ahead(self, frame: bytes) -> Prepared | None:
+    async def _verify_ahead(self, frame: bytes) -> tuple[Entries, Prepared] | None:
         """For a large ENTRIES message: read its feed entries and check their signatures on
-        the pool's threads while the loop goes on receiving; the core takes the result."""
+        the pool's threads while the loop goes on receiving; the core takes the message
+        (decoded once) and the result."""
         if len(frame) < 8192:
             return None
         try:
@@ -1053,7 +1055,7 @@ class Communities:
         )
         for (raw, _), error in zip(checks, parts[0] + parts[1], strict=True):
             prepared.verified[raw] = error
-        return prepared
+        return message, prepared
 
     def _drain(self, peer: _Peer) -> None:
         while (event := peer.core.next_event()) is not None:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
+from pycrdt import Doc, Map, MapEvent, Subscription, Transaction, TransactionEvent
 
 from . import codec, identity
 from .community import AuthorityLog, AuthorityState
@@ -579,6 +579,9 @@ class FeedSet:
         self._channels: dict[bytes, _Index] = {}
         self._cut: dict[bytes, int] = {}  # banned author -> ban time applied
         self._bans_seen: dict[bytes, bytes] = {}
+        # During ``add_many``: the documents with a transaction held open, so that a batch
+        # makes one transaction (one map event) per author instead of one per entry.
+        self._batch: dict[int, Transaction] | None = None
         # Called with (message as now, message before or None) for every change an
         # applied update makes to an author's messages (the client's live events).
         self.on_change: Callable[[Message, Message | None], None] | None = None
@@ -594,7 +597,10 @@ class FeedSet:
     def _changed(self, doc: _AuthorDoc, event: MapEvent) -> None:
         """Mirror a change of an author's map into the flat messages and the indexes."""
         changes: dict[str, dict[str, Any]] = getattr(event, "keys")  # noqa: B009
-        for key, change in changes.items():
+        # In message ID order (device, then sequence): a batch's event lists its keys in
+        # no stated order, the changes reach ``on_change`` in a reproducible one.
+        for key in sorted(changes):
+            change = changes[key]
             mid_msg = _message(doc.author, key, change.get("newValue"))
             if change.get("action") == "delete" or mid_msg is None:
                 with contextlib.suppress(ValueError):
@@ -716,19 +722,41 @@ class FeedSet:
         errors = iter((verify or verify_serially)(checks))
         self.refresh()
         results: list[FeedResult] = []
-        for item in items:
-            if isinstance(item, FeedResult):
-                results.append(item)
-                continue
-            error = known[item[0].id] if item[0].id in known else next(errors)
-            if error is not None:
-                forged = _fail(
-                    ErrorCode.FEED_ENTRY_FORGED, f"the signature does not hold: {error}", "COM-R51"
-                )
-                results.append(FeedResult(Outcome.REFUSED, item[0].id, forged))
-                continue
-            results.append(self._offer(item[0], now_ms))
+        # The batch's updates of one author go into one pycrdt transaction, committed at
+        # the end: the map observer runs once per author, with every key the batch
+        # changed (a message posted and edited in one batch is one change) [COM-R53].
+        self._batch = {}
+        try:
+            for item in items:
+                if isinstance(item, FeedResult):
+                    results.append(item)
+                    continue
+                error = known[item[0].id] if item[0].id in known else next(errors)
+                if error is not None:
+                    forged = _fail(
+                        ErrorCode.FEED_ENTRY_FORGED,
+                        f"the signature does not hold: {error}",
+                        "COM-R51",
+                    )
+                    results.append(FeedResult(Outcome.REFUSED, item[0].id, forged))
+                    continue
+                results.append(self._offer(item[0], now_ms))
+        finally:
+            self._commit_batch()
         return results
+
+    def _commit_batch(self) -> None:
+        """Commit the transactions ``add_many`` holds open, in the order they were opened
+        (the authors' changes reach ``on_change`` in the order of the batch)."""
+        batch, self._batch = self._batch or {}, None
+        failed: BaseException | None = None
+        for txn in batch.values():
+            try:
+                txn.__exit__(None, None, None)
+            except Exception as exc:  # an observer's error: the others still commit
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def tick(self, now_ms: int) -> list[FeedResult]:
         """Retry the entries held for their future time [COM-R59]."""
@@ -821,8 +849,12 @@ class FeedSet:
                 "COM-R54",
             )
         if entry.update is not None:
+            doc = self._doc(entry.author)
+            if self._batch is not None and id(doc.doc) not in self._batch:
+                txn = self._batch[id(doc.doc)] = doc.doc.transaction()
+                txn.__enter__()
             try:
-                self._doc(entry.author).doc.apply_update(entry.update)
+                doc.doc.apply_update(entry.update)
             except ValueError as exc:
                 return _fail(ErrorCode.FEED_BAD_UPDATE, f"not a Yjs update: {exc}", "COM-R53")
         if feed is None:

@@ -633,12 +633,19 @@ class SyncSession:
         self._tokens -= 1
 
     def receive(
-        self, frame: bytes, now: float, now_ms: int, prepared: Prepared | None = None
+        self,
+        frame: bytes,
+        now: float,
+        now_ms: int,
+        prepared: Prepared | None = None,
+        decoded: Entries | None = None,
     ) -> None:
         """Take one frame from the peer. Raises SyncError: close the session with its code.
 
-        ``prepared``: this frame's feed entries, read and verified ahead of time."""
-        message = decode_message(frame)
+        ``prepared``: this frame's feed entries, read and verified ahead of time;
+        ``decoded``: what ``decode_message(frame)`` returned for it, when the caller
+        already decoded it (to read ahead), so that it is not decoded twice."""
+        message = decode_message(frame) if decoded is None else decoded
         if message is None:
             return
         self.stats[type(message).__name__] = self.stats.get(type(message).__name__, 0) + 1

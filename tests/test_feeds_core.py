@@ -274,6 +274,52 @@ def test_hlc_must_increase_and_bad_update(world: World) -> None:
     assert feeds.add(back.raw, FAR).code is ErrorCode.FEED_HLC_REGRESSION
 
 
+def test_a_batch_applies_as_entries_one_by_one(world: World) -> None:
+    """``add_many`` applies an author's updates in one transaction: the same documents,
+    views and outcomes as ``add`` entry by entry; a bad update in the middle refuses only
+    that entry, the feed going on with the right entry 3 (the transaction is not spoilt),
+    and one change per message (posted and edited in the batch)."""
+    log = world.log()
+    a = FeedSet(log).writer(key("alice"), DEV_A)
+    b = FeedSet(log).writer(key("bob"), DEV_B)
+    raws = [a.post(world.general, "a1", T0 + 1), b.post(world.news, "b1", T0 + 1)]
+    raws += [
+        a.post(world.general, "a2", T0 + 2),
+        a.edit(DEV_A + (1).to_bytes(8, "big"), "a1!", T0 + 3),
+    ]
+    raws += [b.post(world.general, "b2", T0 + 4)]
+    last = fd.parse_feed_entry(raws[-1])
+    bad = fd.sign_feed_entry(key("bob"), world.K, DEV_B, 3, last.id, (T0 + 5) << 16, b"\x01")
+    after_bad = b.post(world.general, "b3", T0 + 6)  # the entry 3 bob really wrote
+    one_by_one, batched = FeedSet(log), FeedSet(log)
+    changes: list[tuple[bytes, str | None, bool]] = []
+    batched.on_change = lambda m, before: changes.append((m.author, m.text, before is None))
+    singles = [one_by_one.add(raw, FAR) for raw in [*raws, bad.raw, after_bad]]
+    results = batched.add_many([*raws, bad.raw, after_bad], FAR)
+    assert [r.outcome for r in results] == [r.outcome for r in singles]
+    assert [r.code for r in results] == [r.code for r in singles]
+    assert results[5].code is ErrorCode.FEED_BAD_UPDATE
+    assert results[6].outcome is Outcome.ACCEPTED
+    assert batched.lengths() == {(pub("alice"), DEV_A): 3, (pub("bob"), DEV_B): 3}
+    for author in ("alice", "bob"):
+        assert batched.document(pub(author)) == one_by_one.document(pub(author))
+    for channel in (world.general, world.news):
+        assert view_of(batched, channel) == view_of(one_by_one, channel)
+    # Alice's changes first (her entry opened the batch), each message once, as it ends,
+    # in message ID order.
+    assert changes == [
+        (pub("alice"), "a1!", True),
+        (pub("alice"), "a2", True),
+        (pub("bob"), "b1", True),
+        (pub("bob"), "b2", True),
+        (pub("bob"), "b3", True),
+    ]
+    # A later batch edits: the change carries the message as it was before.
+    changes.clear()
+    batched.add_many([a.edit(DEV_A + (2).to_bytes(8, "big"), "a2!", T0 + 7)], FAR)
+    assert changes == [(pub("alice"), "a2!", False)]
+
+
 # ----------------------------------------------------------------------------- authority
 
 
