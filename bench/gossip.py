@@ -34,10 +34,13 @@ from typing import Any
 from bench import gossip_libp2p_worker, gossip_models
 from bench.gossip_models import HarnessParams, NodeSetup, message_index
 from starling.proto.gossip import (
+    IHAVE,
+    IWANT,
     PUBLISH,
     Delivered,
     GossipConfig,
     GossipNode,
+    decode_message,
     message_id,
     topic_id,
 )
@@ -45,6 +48,27 @@ from starling.proto.identity import PrivateKey
 from starling.proto.network import MAIN_NETWORK_ID
 
 TOPIC = topic_id(MAIN_NETWORK_ID, hashlib.sha256(b"bench community").digest())
+
+NOTES = {
+    "coverage_by_push": (
+        "fraction of the online members (publisher excluded) reached by the publisher's "
+        "dissemination wave: every link of the path was an eager PUBLISH, or a pull asked "
+        "for because of an announcement (IHAVE) the announcer sent on receiving the message "
+        "in that wave, asked at once or when the short wait for an eager copy ran out; "
+        "never heartbeat gossip (IHAVE sent at a heartbeat), a request retried at a "
+        "heartbeat, anti-entropy or a catch-up. Baselines: eager copies only (their pulls "
+        "follow heartbeat gossip)."
+    ),
+    "coverage_by_eager_push": (
+        "the same, but every link an eager PUBLISH: no pull at all (pure eager push)"
+    ),
+    "coverage_after_two_heartbeats": (
+        "mean over messages of the fraction of online members holding the message 2 s "
+        "(two heartbeats) after it was published, by any path"
+    ),
+    "copies_per_delivery": "full copies received (duplicates included) / first receipts",
+    "hops_max": "longest path (links) of a first receipt, pulls included",
+}
 
 TARGETS = {
     "coverage": 1.0,
@@ -81,6 +105,23 @@ class _Shared:
     def __init__(self, sizes: tuple[int, ...]) -> None:
         self.index_of: dict[bytes, int] = {}
         self.sizes = sorted(sizes)
+        self._keys: dict[int, PrivateKey] = {}
+        # The dissemination wave (measurement only): (announcer, receiver, message) of
+        # every IHAVE sent on receipt of a message, (requester, announcer, message) of
+        # every IWANT sent on receipt of an IHAVE or when a deferred pull came due;
+        # never those sent at a heartbeat.
+        self.wave_ihave: set[tuple[int, int, int]] = set()
+        self.wave_iwant: set[tuple[int, int, int]] = set()
+
+    def key(self, node: int) -> PrivateKey:
+        """Node ``node``'s identity key (derived from its index: any core can name any)."""
+        k = self._keys.get(node)
+        if k is None:
+            k = self._keys[node] = PrivateKey(hashlib.sha256(b"bench gossip %d" % node).digest())
+        return k
+
+    def peer_id(self, node: int) -> bytes:
+        return self.key(node).peer_id.raw
 
     def payload_size(self, frame_len: int) -> int:
         # A PUBLISH frame carries exactly one payload of the workload's sizes plus the
@@ -94,7 +135,12 @@ class StarlingSimCore:
     Measurement only, nothing the protocol sees: every PUBLISH frame received
     is a full copy (``probe.received``), every PUBLISH frame sent carries one
     payload (``probe.sent_payload``), and a delivery's hop count is the
-    sender's plus one (pushed: the sender was reached by pushes and pushed it).
+    sender's plus one. A delivery is **by push** (part of the publisher's
+    dissemination wave) when the sender was reached by the wave and either
+    pushed the body eagerly, or announced the ID on receipt (not at a
+    heartbeat) and this node pulled it at once or when its short wait for
+    the eager copy ran out (not at a heartbeat retry, not in a catch-up); it
+    is **by eager push** when every link was an eager PUBLISH.
     """
 
     def __init__(self, setup: NodeSetup, shared: _Shared, config: GossipConfig) -> None:
@@ -104,15 +150,19 @@ class StarlingSimCore:
         self.index_of = setup.topology.index_of
         rng = setup.rng
         self.core = GossipNode(
-            PrivateKey(rng.randbytes(32)), MAIN_NETWORK_ID, rng.randbytes, setup.now, config
+            shared.key(self.me), MAIN_NETWORK_ID, rng.randbytes, setup.now, config
         )
         self.core.subscribe(TOPIC, setup.now)
         for peer in setup.peers:
-            self.core.add_peer(peer, setup.now, outbound=peer in setup.outbound)
+            # The session authenticated the peer: its peer ID is known.
+            peer_id = shared.peer_id(self.index_of[peer])
+            self.core.add_peer(peer, setup.now, outbound=peer in setup.outbound, peer_id=peer_id)
+        self._heartbeat_context = False  # what datagrams_to_send flushes came from one
 
     # -- the simulator's Core interface -------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        self._heartbeat_context = False
         raw = _publish_raw(data)
         if raw is None:
             self.core.receive(addr, data, now)
@@ -128,31 +178,54 @@ class StarlingSimCore:
             # along pushes only (the first one came by pull).
             probe = self.setup.probe
             sender = self.index_of[addr]
-            pushed = not pulled and (
-                sender == probe.messages[msg][0] or bool(probe.push_reached[msg][sender])
-            )
-            probe.received(self.me, msg, now, -1, pushed)
+            origin = sender == probe.messages[msg][0]
+            pushed = not pulled and (origin or bool(probe.push_reached[msg][sender]))
+            eager = not pulled and (origin or bool(probe.eager_reached[msg][sender]))
+            probe.received(self.me, msg, now, -1, pushed, eager)
         self._events(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         out = []
         probe = self.setup.probe
+        wave = not self._heartbeat_context
         for peer, frame in self.core.frames_to_send(now):
             if frame[:4] == _PUBLISH_HEAD:
                 probe.sent_payload(self.shared.payload_size(len(frame)))
+            elif wave:
+                self._note_wave(frame, self.index_of[peer])
             out.append((frame, peer))
         return out
+
+    def _note_wave(self, frame: bytes, peer: int) -> None:
+        kind, fields = decode_message(frame)
+        if kind == IHAVE:
+            table = self.shared.wave_ihave
+        elif kind == IWANT:
+            table = self.shared.wave_iwant
+        else:
+            return
+        assert fields is not None
+        index_of = self.shared.index_of
+        for mid in fields["ids"]:  # type: ignore[union-attr]
+            msg = index_of.get(mid)  # type: ignore[call-overload]
+            if msg is not None:
+                table.add((self.me, peer, msg))
 
     def get_timer(self) -> float | None:
         return self.core.get_timer()
 
     def handle_timer(self, now: float) -> None:
+        beats = self.core.stats["heartbeats"]
         self.core.handle_timer(now)
+        # A heartbeat's IHAVEs and retried IWANTs are not part of any wave; a timer
+        # that only fired deferred pulls is.
+        self._heartbeat_context = self.core.stats["heartbeats"] != beats
         self._events(now)
 
     # -- the harness's two calls --------------------------------------------------------
 
     def publish(self, payload: bytes, now: float) -> None:
+        self._heartbeat_context = False
         mid = self.core.publish(TOPIC, payload, now)
         self.shared.index_of[mid] = message_index(payload)
 
@@ -171,12 +244,22 @@ class StarlingSimCore:
             sender = self.index_of[event.from_peer]
             publisher = probe.messages[msg][0]
             if sender == publisher:
-                hops, pushed = 1, event.via == "push"
+                hops, reached, eager_reached = 1, True, True
             else:
                 before = probe.hops[msg][sender]
                 hops = before + 1 if before >= 0 else -1
-                pushed = event.via == "push" and bool(probe.push_reached[msg][sender])
-            probe.received(self.me, msg, now, hops, pushed)
+                reached = bool(probe.push_reached[msg][sender])
+                eager_reached = bool(probe.eager_reached[msg][sender])
+            eager = event.via == "push" and eager_reached
+            pushed = reached and (
+                event.via == "push"
+                or (
+                    event.via == "pull"
+                    and (self.me, sender, msg) in self.shared.wave_iwant
+                    and (sender, self.me, msg) in self.shared.wave_ihave
+                )
+            )
+            probe.received(self.me, msg, now, hops, pushed, eager)
 
 
 def starling_factory(config: GossipConfig | None = None, params: HarnessParams | None = None):  # type: ignore[no-untyped-def]
@@ -373,6 +456,7 @@ def main(argv: list[str]) -> int:
             scenarios.append(entry)
     report: dict[str, Any] = {
         "benchmark": "gossip",
+        "notes": NOTES,
         "scenarios": scenarios,
         "real": None if args.no_real else real(args.quick),
         "targets": check_targets(scenarios),
@@ -380,7 +464,20 @@ def main(argv: list[str]) -> int:
             "harness": params.as_dict(),
             "starling": {
                 k: getattr(GossipConfig(), k)
-                for k in ("d", "d_low", "d_high", "d_lazy", "heartbeat", "eager_degree")
+                for k in (
+                    "d",
+                    "d_low",
+                    "d_high",
+                    "d_lazy",
+                    "heartbeat",
+                    "eager_degree",
+                    "eager_degree_large",
+                    "eager_max",
+                    "eager_min",
+                    "lazy_fanout",
+                    "pull_delay",
+                    "flood_publish",
+                )
             },
             "gossipsub": gossip_models.GOSSIPSUB_V11.as_dict(),
             "seeds": seeds,

@@ -261,7 +261,16 @@ class Probe:
     the whole run, the payload bytes of every full copy sent.
     """
 
-    __slots__ = ("copies", "first", "hops", "messages", "n", "payload_sent", "push_reached")
+    __slots__ = (
+        "copies",
+        "eager_reached",
+        "first",
+        "hops",
+        "messages",
+        "n",
+        "payload_sent",
+        "push_reached",
+    )
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -269,6 +278,7 @@ class Probe:
         self.first: list[list[float]] = []
         self.hops: list[list[int]] = []
         self.push_reached: list[bytearray] = []
+        self.eager_reached: list[bytearray] = []
         self.copies: list[int] = []
         self.payload_sent = 0
 
@@ -277,15 +287,22 @@ class Probe:
         self.first.append([INF] * self.n)
         self.hops.append([-1] * self.n)
         self.push_reached.append(bytearray(self.n))
+        self.eager_reached.append(bytearray(self.n))
         self.copies.append(0)
         return len(self.messages) - 1
 
-    def received(self, node: int, msg: int, now: float, hops: int, pushed: bool) -> None:
+    def received(
+        self, node: int, msg: int, now: float, hops: int, pushed: bool, eager: bool | None = None
+    ) -> None:
         """Node ``node`` received a full copy of ``msg`` (every copy, duplicates included).
 
         ``hops`` is the number of links the copy travelled from the publisher
-        (negative: unknown, left out of the hop figures); ``pushed`` is true when
-        every one of them was an eager push (no pull).
+        (negative: unknown, left out of the hop figures). ``pushed``: the copy came
+        by the publisher's **dissemination wave**: every link of its path was an
+        eager push, or a pull asked for because of an announcement made in the
+        wave (sent on receipt, not at a heartbeat), after at most the short wait
+        for an eager copy; never heartbeat gossip, a retried request or a
+        catch-up. ``eager`` (default: ``pushed``): every link was an eager push.
         """
         self.copies[msg] += 1
         row = self.first[msg]
@@ -294,6 +311,8 @@ class Probe:
             self.hops[msg][node] = hops
         if pushed:
             self.push_reached[msg][node] = 1
+        if pushed if eager is None else eager:
+            self.eager_reached[msg][node] = 1
 
     def sent_payload(self, nbytes: int) -> None:
         """Payload bytes of full copies sent (the rest of every byte sent is control)."""
@@ -913,6 +932,8 @@ class RunData:
     coverage_at: dict[float, list[float]]  # time after publish -> per-message fractions
     by_push: list[float]  # per message: fraction reached by a path of eager pushes only
     by_push_by_size: dict[int, list[float]]  # the same, by payload size
+    by_eager: list[float]  # per message: fraction reached by eager pushes only (no pull)
+    by_eager_by_size: dict[int, list[float]]
     control_bytes: int
     payload_bytes: int
     bytes_sent: int
@@ -1063,6 +1084,8 @@ def _measure(
     coverage_at: dict[float, list[float]] = {t: [] for t in params.coverage_times_s}
     by_push: list[float] = []
     by_push_by_size: dict[int, list[float]] = {}
+    by_eager: list[float] = []
+    by_eager_by_size: dict[int, list[float]] = {}
     reachable: list[float] = []
     sizes: dict[int, int] = {}
     for c in component:
@@ -1076,6 +1099,7 @@ def _measure(
         row = probe.first[m]
         hop_row = probe.hops[m]
         push_row = probe.push_reached[m]
+        eager_row = probe.eager_reached[m]
         receivers = [v for v in live if v != publisher]
         got = []
         for v in receivers:
@@ -1094,6 +1118,8 @@ def _measure(
         delivered_by_size[size] = delivered_by_size.get(size, 0) + len(got)
         by_push.append(sum(push_row[v] for v in receivers) / n_recv)
         by_push_by_size.setdefault(size, []).append(by_push[-1])
+        by_eager.append(sum(eager_row[v] for v in receivers) / n_recv)
+        by_eager_by_size.setdefault(size, []).append(by_eager[-1])
         reachable.append((sizes[component[publisher]] - 1) / n_recv)
         for t, fractions in coverage_at.items():
             if t_pub + t <= end + 1e-9:
@@ -1109,6 +1135,8 @@ def _measure(
         "coverage_at": coverage_at,
         "by_push": by_push,
         "by_push_by_size": by_push_by_size,
+        "by_eager": by_eager,
+        "by_eager_by_size": by_eager_by_size,
         "reachable": reachable,
     }
 
@@ -1199,6 +1227,11 @@ def summarize(runs: list[RunData], params: HarnessParams | None = None) -> dict[
         "coverage_by_push": _mean([f for r in runs for f in r.by_push]),
         "coverage_by_push_by_size": {
             str(s): _mean([f for r in runs for f in r.by_push_by_size.get(s, [])]) for s in sizes
+        },
+        # pure eager push: every link of the path a PUBLISH (no pull at all)
+        "coverage_by_eager_push": _mean([f for r in runs for f in r.by_eager]),
+        "coverage_by_eager_push_by_size": {
+            str(s): _mean([f for r in runs for f in r.by_eager_by_size.get(s, [])]) for s in sizes
         },
         "coverage_after_two_heartbeats": _mean(after_two),
         # the ceiling of any protocol without new sessions: receivers with a path of live

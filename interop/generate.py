@@ -3702,6 +3702,7 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     c = gossip_core(bytes.fromhex(RFC8032[2][1]), "c")
     c.subscribe(topic, 0.0)
     c.add_peer("b", 0.0)
+    c.receive("b", gossip_frame({0: 6, 1: topic}), 0.0)  # b grafts c: an eager link of c's
     c.frames_to_send(0.0)
     c.receive("b", out["ihave"], 0.0)
     ((_, out["iwant"]),) = c.frames_to_send(0.0)
@@ -3727,7 +3728,25 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     big = gossip.sign_message(identity.PrivateKey(GOSSIP_AUTHOR_SEED), topic, GOSSIP_TIME + 1,
                               seeded_bytes("gossip/large", 2000))  # fmt: skip
     c.receive("b", big.frame, 0.0)
-    (_, out["idontwant"]), *_ = c.frames_to_send(0.0)
+    (_, out["idontwant"]), *_, (_, out["ihave-unpushed"]) = c.frames_to_send(0.0)
+    # A member with two mesh peers and room for one eager link chokes one at its first
+    # heartbeat; when that one announces a message the other did not push, the member
+    # pulls it after its short wait and unchokes it.
+    e = gossip_core(seed("gossip/choker"), "e", eager_max=1, eager_min=1, choke_hold=0.0)
+    e.subscribe(topic, 0.0)
+    for peer in ("f", "g"):
+        e.add_peer(peer, 0.0)
+        e.receive(peer, gossip_frame({0: 2, 1: [topic]}), 0.0)
+        e.receive(peer, gossip_frame({0: 6, 1: topic}), 0.0)
+    e.frames_to_send(0.0)
+    e.handle_timer(1.0)
+    ((choked, out["choke"]),) = [(p, f) for p, f in e.frames_to_send(1.0) if f[2] == 17]
+    e.receive(choked, gossip_frame({0: 12, 1: topic, 2: [bytes.fromhex(SPEC_GOSSIP["id"])]}), 1.0)
+    if e.frames_to_send(1.0):
+        abort("a core pulled at once from a mesh peer it choked")
+    e.handle_timer(e.get_timer() or 2.0)
+    by_type = {f[2]: f for _, f in e.frames_to_send(2.0)}
+    out["iwant-deferred"], out["unchoke"] = by_type[14], by_type[19]
     # b leaves the topic: PRUNE to its mesh (a, c), then UNSUBSCRIBE to everyone.
     b.unsubscribe(topic, 0.0)
     sent = b.frames_to_send(0.0)
@@ -3992,6 +4011,12 @@ def gossip_suite() -> VectorFile:
          "GSP-R2"),
         ("IDONTWANT: a large message told to a mesh peer before checking it",
          {0: 15, 1: [big.id]}, "idontwant", ["Live"], "GSP-R2"),
+        ("IHAVE of a large message, which nobody pushes: unpushed, pull at once",
+         {0: 12, 1: topic, 2: [big.id], 3: True}, "ihave-unpushed", ["Live"], "GSP-R2"),
+        ("CHOKE: a mesh peer is asked to send IDs instead of bodies",
+         {0: 17, 1: topic}, "choke", ["Live"], "GSP-R2"),
+        ("UNCHOKE: a choked mesh peer announced first and is made eager again",
+         {0: 19, 1: topic}, "unchoke", ["Live"], "GSP-R2"),
         ("SYNC: a late member asks for the topic since a minute before the example",
          {0: 16, 1: topic, 2: GOSSIP_TIME - 60_000}, "sync", ["Live"], "GSP-R2"),
         ("SYNC continuing after a cursor", {0: 16, 1: topic, 2: GOSSIP_TIME, 4: mid}, None,
@@ -4012,6 +4037,8 @@ def gossip_suite() -> VectorFile:
             abort(f"{comment}: decode_message does not accept it")
         vf.add(tests, comment, flags=flags, requirement=requirement,
                input={"message": typed(message)}, expected={"frame": frame.hex()})  # fmt: skip
+    if live["iwant-deferred"] != live["iwant"]:
+        abort("a deferred pull differs from an immediate one")
     for name in ("subscribe", "publish", "ihave"):
         if live[name].hex() != SPEC_GOSSIP[name]:
             abort(f"05-gossip.md 4.5: the {name} example differs from the live frame")
@@ -4076,6 +4103,12 @@ def gossip_suite() -> VectorFile:
          ["Structure"], "MSG-R1", "SCHEMA_TYPE", None),
         ("IHAVE of 1025 IDs", gossip_frame({0: 12, 1: topic, 2: [*ids, mid]}), ["Limits"],
          "MSG-R1", "SCHEMA_VALUE", None),
+        ("IHAVE whose unpushed flag is an integer", gossip_frame({0: 12, 1: topic, 2: [mid],
+         3: 1}), ["Structure"], "MSG-R1", "SCHEMA_TYPE", None),
+        ("CHOKE without its topic", gossip_frame({0: 17}), ["Structure"], "MSG-R1",
+         "SCHEMA_MISSING_FIELD", None),
+        ("UNCHOKE with a topic of 33 bytes", gossip_frame({0: 19, 1: topic + b"\x00"}),
+         ["Limits"], "MSG-R1", "SCHEMA_VALUE", None),
         ("IWANT with an ID of 33 bytes", gossip_frame({0: 14, 1: [mid + b"\x00"]}), ["Limits"],
          "GSP-R2", "SCHEMA_VALUE", None),
         ("IWANT with an ID that is a text string", gossip_frame({0: 14, 1: [mid.hex()]}),

@@ -175,7 +175,7 @@ class GossipService:
         self._links[peer] = link
         link.task = self._loop.create_task(self._write(peer, link))
         now = self._loop.time()
-        self.core.add_peer(peer, now, outbound=session.role is Role.INITIATOR)
+        self.core.add_peer(peer, now, outbound=session.role is Role.INITIATOR, peer_id=peer.raw)
         for topic in self.core.topics:
             self.core.catch_up(peer, topic, self._since(peer), now)
         self._flush()

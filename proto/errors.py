@@ -128,6 +128,7 @@ class ErrorCode(IntEnum):
     GOSSIP_UNSOLICITED = 0x060D
     GOSSIP_SYNC_LIMIT = 0x060E
     GOSSIP_IDONTWANT_LIMIT = 0x060F
+    GOSSIP_CHOKE_LIMIT = 0x0610
 
     # -- 0x07xx: NAT traversal, probes, relays, punching (spec/04-nat-traversal.md) ----
     NAT_MALFORMED = 0x0701

@@ -18,11 +18,19 @@ Delivery has three paths, from fastest to most complete:
 
 * **eager push** along a per-topic **mesh** of about D = 6 peers, kept between
   D_low and D_high by a heartbeat with GRAFT and PRUNE (peer exchange and a
-  backoff on prune) [GSP-R40] [GSP-R41] [GSP-R42];
-* **lazy pull**: IDs are announced (IHAVE) to mesh peers that were not pushed
-  the body and, at each heartbeat, to D_lazy peers outside the mesh; what a
-  node lacks it asks for (IWANT), and an announcer that never delivers breaks
-  a promise and is penalised [GSP-R32] [GSP-R33];
+  backoff on prune) [GSP-R40] [GSP-R41] [GSP-R42]. Each node keeps only
+  ``eager_max`` (2) mesh links **eager**, the peers that tell it of messages
+  first, and CHOKEs the others: they send it IDs at once instead of bodies
+  [GSP-R45] [GSP-R46]. Own messages go to every topic peer (flood publishing),
+  and a small message received straight from its author is relayed the same
+  way (author relay), so the first two hops are wide [GSP-R23];
+* **lazy pull**: IDs are announced (IHAVE) at once to the choked mesh peers and
+  to ``lazy_fanout`` peers outside the mesh, and at each heartbeat to D_lazy
+  more; a node that hears of an ID from a peer that is not an eager link waits
+  a short, adaptive time for the eager copy, then asks for it (IWANT) and
+  UNCHOKEs that announcer; large messages are pushed to nobody, announced
+  ``unpushed`` and pulled at once; an announcer that never delivers breaks a
+  promise and is penalised [GSP-R32] [GSP-R33];
 * **catch-up** on every new or resumed session: SYNC asks a peer for the IDs
   it holds for a topic since a time, SYNC_PAGE answers page by page, and the
   asker pulls what it lacks [GSP-R60] [GSP-R61] [GSP-R62].
@@ -49,8 +57,9 @@ store=None, epoch_offset=0.0)``
     :class:`MessageStore` (default: a :class:`MessageCache`).
 ``subscribe(topic, now)`` / ``unsubscribe(topic, now)``
     join or leave a topic (SUBSCRIBE / UNSUBSCRIBE to every peer, GRAFT / PRUNE).
-``add_peer(peer, now, outbound=False)`` / ``remove_peer(peer, now)``
-    a gossip stream to ``peer`` opened / closed. ``outbound``: we dialled it.
+``add_peer(peer, now, outbound=False, peer_id=None)`` / ``remove_peer(peer, now)``
+    a gossip stream to ``peer`` opened / closed. ``outbound``: we dialled it;
+    ``peer_id``: the raw peer ID the session authenticated (for the author relay).
 ``set_peer_hint(peer, hint)``
     opaque bytes (for example a signed peer record) given to others as peer
     exchange when we prune them; ``None`` clears it.
@@ -66,7 +75,7 @@ store=None, epoch_offset=0.0)``
     send SYNC; the node calls it for each topic on every new or resumed
     session. ``CatchUpDone`` reports the end.
 ``get_timer() -> float | None`` / ``handle_timer(now)``
-    the heartbeat.
+    the heartbeat, and deferred pulls (due between heartbeats).
 ``next_event() -> Event | None``
     :class:`Delivered` (once per message ID, never for own messages),
     :class:`PeerMisbehaved` (drop the session when ``graylisted``),
@@ -89,6 +98,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +154,9 @@ MAX_BACKOFF = 3600  # seconds
 # receiver that ignores it still behaves correctly (it only saves bandwidth) [MSG-R4].
 SUBSCRIBE, UNSUBSCRIBE, GRAFT, PRUNE, PUBLISH = 2, 4, 6, 8, 10
 IHAVE, IWANT, IDONTWANT, SYNC, SYNC_PAGE = 12, 14, 15, 16, 18
+# CHOKE and UNCHOKE are odd for the same reason: a receiver that ignores them keeps
+# pushing bodies, which costs bandwidth and nothing else [GSP-R45].
+CHOKE, UNCHOKE = 17, 19
 KIND_NAMES = {
     SUBSCRIBE: "SUBSCRIBE",
     UNSUBSCRIBE: "UNSUBSCRIBE",
@@ -155,6 +168,8 @@ KIND_NAMES = {
     IDONTWANT: "IDONTWANT",
     SYNC: "SYNC",
     SYNC_PAGE: "SYNC_PAGE",
+    CHOKE: "CHOKE",
+    UNCHOKE: "UNCHOKE",
 }
 
 FRAME_LIMITS = codec.DecodeLimits(max_size=MAX_FRAME, max_depth=4)  # [GSP-R1]
@@ -173,7 +188,12 @@ _FIELDS: dict[int, tuple[codec.Field, ...]] = {  # spec/05-gossip.md, section 4 
         codec.Field(3, "px", list, required=False, max_size=MAX_PX),
     ),
     PUBLISH: (_TYPE, codec.Field(1, "message", bytes)),
-    IHAVE: (_TYPE, _TOPIC, codec.Field(2, "ids", list, max_size=MAX_IDS)),
+    IHAVE: (
+        _TYPE,
+        _TOPIC,
+        codec.Field(2, "ids", list, max_size=MAX_IDS),
+        codec.Field(3, "unpushed", bool, required=False),
+    ),
     IWANT: (_TYPE, codec.Field(1, "ids", list, max_size=MAX_IDS)),
     IDONTWANT: (_TYPE, codec.Field(1, "ids", list, max_size=MAX_IDS)),
     SYNC: (
@@ -188,6 +208,8 @@ _FIELDS: dict[int, tuple[codec.Field, ...]] = {  # spec/05-gossip.md, section 4 
         codec.Field(2, "ids", list, max_size=MAX_IDS),
         codec.Field(4, "next", list, required=False, size=2),
     ),
+    CHOKE: (_TYPE, _TOPIC),
+    UNCHOKE: (_TYPE, _TOPIC),
 }
 _PAYLOAD_FIELDS = (  # the signed payload [GSP-R10]
     codec.Field(1, "topic", bytes, size=TOPIC_SIZE),
@@ -655,6 +677,30 @@ class GossipConfig:
     eager_degree: int | None = None
     large_message: int = 1024  # bytes [GSP-R34]
     eager_degree_large: int | None = 0
+    # Eager and lazy mesh links (section 7.5) [GSP-R45] [GSP-R46]: a node keeps between
+    # ``eager_min`` and ``eager_max`` of its mesh peers unchoked (they push it bodies),
+    # preferring those that tell it of new messages first, and chokes the others (they
+    # send it IDs at once instead). None: never choke. A peer unchoked less than
+    # ``choke_hold`` ago is not choked again; a choked peer replaces the slowest eager
+    # one when its score is above ``swap_factor`` times that one's plus one.
+    eager_max: int | None = 2
+    eager_min: int = 2
+    choke_hold: float = 5.0
+    swap_factor: float = 2.0
+    score_decay: float = 0.9  # per heartbeat
+    # IDs of a forwarded message go at once to this many topic peers outside the mesh
+    # too (besides the choked mesh peers) [GSP-R23].
+    lazy_fanout: int = 8
+    # A small message received straight from its author (the session's peer ID is the
+    # author's) is pushed to every mesh peer, choked or not ("mesh"), or to every topic
+    # peer ("all"), like the author's own flood publishing; None: as any other [GSP-R23].
+    author_relay: str | None = "all"
+    # An ID announced by a peer that is not an eager mesh peer is pulled after a short
+    # wait for the eager copy [GSP-R33]: twice the recent mean of how much later eager
+    # copies came than announcements, within these bounds.
+    pull_delay: float = 0.08
+    pull_delay_min: float = 0.02
+    pull_delay_max: float = 0.25
     idontwant: bool = True  # send IDONTWANT for large messages (received ones are honoured)
     prune_backoff: int = 60
     unsubscribe_backoff: int = 10
@@ -677,6 +723,7 @@ class GossipConfig:
     retransmission_window: float = 60.0
     max_syncs: int = 4
     max_idontwant_ids: int = 2048  # entries kept per peer
+    max_chokes: int = 8  # CHOKE and UNCHOKE per peer and heartbeat
     idontwant_ttl: float = 3.0
     max_topics_per_peer: int = 256
     publish_rate: float = 200.0  # PUBLISH per second per peer, token bucket ...
@@ -713,6 +760,7 @@ class GossipConfig:
             ErrorCode.GOSSIP_IWANT_LIMIT: self.penalty_limit,
             ErrorCode.GOSSIP_SYNC_LIMIT: self.penalty_limit,
             ErrorCode.GOSSIP_IDONTWANT_LIMIT: self.penalty_limit,
+            ErrorCode.GOSSIP_CHOKE_LIMIT: self.penalty_limit,
             ErrorCode.GOSSIP_TOPIC_LIMIT: self.penalty_limit,
             ErrorCode.GOSSIP_UNSOLICITED: self.penalty_limit,
             ErrorCode.GOSSIP_RATE_LIMITED: self.penalty_rate,
@@ -726,6 +774,7 @@ class _Peer:
     """What the core keeps per peer: a handful of numbers and two small maps."""
 
     __slots__ = (
+        "chokes",
         "dontwant",
         "epoch",
         "graylisted",
@@ -737,6 +786,7 @@ class _Peer:
         "iwant_ids",
         "iwant_out",
         "outbound",
+        "peer_id",
         "penalty",
         "refilled",
         "served",
@@ -756,6 +806,7 @@ class _Peer:
         self.tokens = burst
         self.refilled = now
         self.hint: bytes | None = None
+        self.peer_id: bytes | None = None
         self.heard = now  # when a frame last came from this peer
         self.dontwant: dict[bytes, float] = {}
         self.served: dict[bytes, int] = {}
@@ -763,28 +814,37 @@ class _Peer:
         # Per-heartbeat counters, reset lazily when ``epoch`` is behind the node's.
         self.epoch = -1
         self.ihave_ids = self.ihave_msgs = self.iwant_ids = self.iwant_out = 0
-        self.syncs = self.syncs_out = 0
+        self.syncs = self.syncs_out = self.chokes = 0
 
 
 class _Topic:
-    __slots__ = ("last_time", "mesh", "recent")
+    __slots__ = ("choked_by", "choking", "eager_since", "last_time", "mesh", "recent", "score")
 
     def __init__(self) -> None:
         self.mesh: dict[Peer, None] = {}
         self.recent: deque[tuple[float, bytes]] = deque()  # (received, ID) to gossip
         self.last_time = -1
+        # Eager and lazy links [GSP-R45]: mesh peers we choked, mesh peers that choked
+        # us, when each unchoked mesh peer became eager, and per mesh peer how often it
+        # was the first to tell us of a message (decayed at each heartbeat).
+        self.choking: dict[Peer, None] = {}
+        self.choked_by: dict[Peer, None] = {}
+        self.eager_since: dict[Peer, float] = {}
+        self.score: dict[Peer, float] = {}
 
 
 class _Want:
     """An ID we lack and that peers announced: who announced it, whom we asked."""
 
-    __slots__ = ("announcers", "asked", "created", "deadline", "sync", "topic")
+    __slots__ = ("announcers", "asked", "created", "deadline", "due", "first", "sync", "topic")
 
     def __init__(self, topic: bytes | None, sync: bool, now: float) -> None:
         self.topic = topic
         self.announcers: list[Peer] = []
         self.asked: Peer | None = None
         self.deadline = 0.0
+        self.due = 0.0  # a deferred pull: not asked for before this time [GSP-R33]
+        self.first: Peer | None = None  # the first announcer
         self.sync = sync
         self.created = now
 
@@ -804,6 +864,7 @@ class _Sync:
 
 
 _MAX_ANNOUNCERS = 4
+_MAX_PULLED = 1024
 _MAX_SOURCES = 8
 
 
@@ -854,8 +915,14 @@ class GossipNode:
         self._penalty_memory: OrderedDict[Peer, tuple[float, float]] = OrderedDict()
         self._dontwant_peers: dict[Peer, None] = {}
         self._outbox: list[tuple[Peer, bytes]] = []
-        self._announce: dict[Peer, dict[bytes, list[bytes]]] = {}  # peer -> topic -> IDs
+        # peer -> (topic, unpushed) -> IDs to announce at once
+        self._announce: dict[Peer, dict[tuple[bytes, bool], list[bytes]]] = {}
         self._dontwant_out: dict[Peer, list[bytes]] = {}
+        # Deferred pulls (due time, ID), and the mean of how much later an eager copy
+        # came than the first announcement of its message [GSP-R33].
+        self._deferred: list[tuple[float, bytes]] = []
+        self._gap = cfg.pull_delay / 2
+        self._pulled: OrderedDict[bytes, float] = OrderedDict()  # pulled ID -> first notice
         self._events: deque[Event] = deque()
         self._handlers: dict[int, Callable[[_Peer, dict[str, codec.Value]], None]] = {
             SUBSCRIBE: self._on_subscribe,
@@ -868,6 +935,8 @@ class GossipNode:
             IDONTWANT: self._on_idontwant,
             SYNC: self._on_sync,
             SYNC_PAGE: self._on_sync_page,
+            CHOKE: self._on_choke,
+            UNCHOKE: self._on_unchoke,
         }
 
     # -- views -----------------------------------------------------------------------------
@@ -944,18 +1013,25 @@ class GossipNode:
         self._outbox = []
         if self._announce:
             for handle, by_topic in self._announce.items():
-                for topic, ids in by_topic.items():
+                for (topic, unpushed), ids in by_topic.items():
                     for chunk in _chunks(ids, MAX_IDS):
-                        frame = codec.encode({0: IHAVE, 1: topic, 2: chunk})
+                        message: dict[int, codec.Value] = {0: IHAVE, 1: topic, 2: chunk}
+                        if unpushed:
+                            message[3] = True
+                        frame = codec.encode(message)
                         out.append((handle, self._count(IHAVE, frame)))
             self._announce = {}
         return out
 
     def get_timer(self) -> float | None:
+        if self._deferred:
+            return min(self._next_heartbeat, self._deferred[0][0])
         return self._next_heartbeat
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        if self._deferred and self._deferred[0][0] <= now:
+            self._pull_deferred()
         if now < self._next_heartbeat:
             return
         self._heartbeat()
@@ -968,12 +1044,18 @@ class GossipNode:
 
     # -- application API -------------------------------------------------------------------
 
-    def add_peer(self, peer: Peer, now: float, outbound: bool = False) -> None:
-        """A gossip stream with ``peer`` is open: tell it our topics [GSP-R44]."""
+    def add_peer(
+        self, peer: Peer, now: float, outbound: bool = False, peer_id: bytes | None = None
+    ) -> None:
+        """A gossip stream with ``peer`` is open: tell it our topics [GSP-R44].
+
+        ``peer_id``: the raw peer ID the session authenticated, if known; a message
+        that comes straight from its author is then relayed more widely [GSP-R23]."""
         self._now = now
         if peer in self._peers:
             return
         p = _Peer(peer, outbound, now, self.config.publish_burst)
+        p.peer_id = peer_id
         remembered = self._penalty_memory.pop(peer, None)
         if remembered is not None:  # penalties survive a reconnection, decayed
             penalty, at = remembered
@@ -1146,7 +1228,7 @@ class GossipNode:
         if p.epoch != self._epoch:
             p.epoch = self._epoch
             p.ihave_ids = p.ihave_msgs = p.iwant_ids = p.iwant_out = 0
-            p.syncs = p.syncs_out = 0
+            p.syncs = p.syncs_out = p.chokes = 0
         return p
 
     def _shuffled(self, items: Iterable[Peer]) -> list[Peer]:
@@ -1235,7 +1317,9 @@ class GossipNode:
             p.topics[topic] = None
             self._topic_peers.setdefault(topic, {})[p.handle] = None
         self._backoff_theirs.pop((topic, p.handle), None)
-        state.mesh[p.handle] = None
+        if p.handle not in state.mesh:
+            state.mesh[p.handle] = None
+            self._link_up(state, p.handle)
 
     def _on_prune(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
         topic = cast(bytes, fields["topic"])
@@ -1275,6 +1359,9 @@ class GossipNode:
                 self._fault(p, again)
             else:
                 self._add_source(mid, p.handle)
+                noticed = self._pulled.pop(mid, None)
+                if noticed is not None:
+                    self._learn_gap(now - noticed)
             return
         cached = _VERIFIED.get(mid)  # checked before, maybe by another core
         try:
@@ -1368,26 +1455,93 @@ class GossipNode:
         age = (now + self.epoch_offset) * 1000 - message.time_ms
         if via == "sync" or age > self.config.forward_max_age * 1000:
             return  # old news: delivered and kept, not pushed again [GSP-R24]
+        self._credit(state, message, p, want, via)
         self._sources[mid] = [p.handle]
         state.recent.append((now, mid))
-        large = len(message.raw) > self.config.large_message
-        degree = self.config.eager_degree_large if large else self.config.eager_degree
-        targets = [
-            h
-            for h in state.mesh
-            if h != p.handle
-            and mid not in self._peers[h].dontwant
-            and not self._peers[h].graylisted
-        ]
-        if degree is not None and len(targets) > degree:
-            targets = self._shuffled(targets)
-            for handle in targets[degree:]:  # the rest of the mesh hears of it at once
-                self._announce.setdefault(handle, {}).setdefault(message.topic, []).append(mid)
-                self.stats["announced_ids"] += 1
-            targets = targets[:degree]
-        for handle in targets:
+        cfg = self.config
+        large = len(message.raw) > cfg.large_message
+        degree = cfg.eager_degree_large if large else cfg.eager_degree
+        eager: list[Peer] = []
+        lazy: list[Peer] = []
+        # Straight from its author: the second hop of the wave, relayed like the first
+        # (flood publishing), to every mesh peer or every topic peer [GSP-R23].
+        relay = None
+        if cfg.author_relay and not large and p.peer_id is not None:
+            relay = cfg.author_relay if p.peer_id == message.author_id else None
+        if relay == "all":
+            wide: Iterable[Peer] = self._topic_peers.get(message.topic, ())
+        else:
+            wide = state.mesh
+        for handle in wide:
+            q = self._peers[handle]
+            if handle == p.handle or q.graylisted or mid in q.dontwant:
+                continue
+            # A mesh peer that choked us gets the ID instead of the body [GSP-R45].
+            if handle in state.choked_by and relay is None:
+                lazy.append(handle)
+            else:
+                eager.append(handle)
+        if degree is not None and len(eager) > degree:
+            eager = self._shuffled(eager)
+            lazy.extend(eager[degree:])  # the rest of the mesh hears of it at once
+            eager = eager[:degree]
+        if cfg.lazy_fanout > 0 and relay != "all":  # and a few peers outside the mesh [GSP-R23]
+            others = [
+                h
+                for h in self._topic_peers.get(message.topic, ())
+                if h not in state.mesh and h != p.handle and not self._peers[h].graylisted
+            ]
+            lazy.extend(self._sample(others, cfg.lazy_fanout))
+        # A message too large to push to anyone: say so, and the receiver pulls it without
+        # waiting for an eager copy [GSP-R33].
+        key = (message.topic, large and degree == 0)
+        for handle in lazy:
+            self._announce.setdefault(handle, {}).setdefault(key, []).append(mid)
+        self.stats["announced_ids"] += len(lazy)
+        for handle in eager:
             self._send(self._peers[handle], PUBLISH, message.frame)
-        self.stats["forwarded"] += len(targets)
+        self.stats["forwarded"] += len(eager)
+
+    def _credit(
+        self, state: _Topic, message: Message, p: _Peer, want: _Want | None, via: str
+    ) -> None:
+        """Score the mesh peer that told us of the message first, and learn how much
+        later eager copies come than announcements [GSP-R46] [GSP-R33]."""
+        first = p.handle
+        if want is not None and want.first is not None and not want.sync:
+            first = want.first
+            if via == "push":
+                self._learn_gap(self._now - want.created)
+            else:  # pulled: an eager copy may still come, and tell how late it was
+                self._pulled[message.id] = want.created
+                if len(self._pulled) > _MAX_PULLED:
+                    self._pulled.popitem(last=False)
+        if first in state.mesh:
+            state.score[first] = state.score.get(first, 0.0) + 1.0
+
+    def _learn_gap(self, gap: float) -> None:
+        self._gap += 0.125 * (gap - self._gap)
+
+    def _pull_delay(self) -> float:
+        cfg = self.config
+        return min(cfg.pull_delay_max, max(cfg.pull_delay_min, 2.0 * self._gap))
+
+    def _sample(self, items: list[Peer], k: int) -> list[Peer]:
+        """Up to ``k`` of the items, drawn at random without replacement."""
+        n = len(items)
+        if n <= k:
+            return items
+        out = list(items)
+        draw = self._rand(4 * k)
+        for i in range(k):
+            j = i + int.from_bytes(draw[4 * i : 4 * i + 4], "big") % (n - i)
+            out[i], out[j] = out[j], out[i]
+        return out[:k]
+
+    def _eager_link(self, topic: bytes, handle: Peer) -> bool:
+        """Whether ``handle`` is a mesh peer of ``topic`` that we have not choked."""
+        state = self._topics.get(topic)
+        return state is not None and handle in state.mesh and handle not in state.choking
 
     def _on_ihave(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
         topic = cast(bytes, fields["topic"])
@@ -1404,12 +1558,14 @@ class GossipNode:
         p.ihave_ids += len(ids)
         if topic not in self._topics or not ids:
             return
-        self._want(p, topic, ids, sync=False)
+        self._want(p, topic, ids, sync=False, unpushed=fields.get("unpushed") is True)
 
     def _known(self, mid: bytes) -> bool:
         return mid in self.seen or self.store.has(mid)
 
-    def _want(self, p: _Peer, topic: bytes, ids: list[bytes], sync: bool) -> int:
+    def _want(
+        self, p: _Peer, topic: bytes, ids: list[bytes], sync: bool, unpushed: bool = False
+    ) -> int:
         """Note ``p`` as an announcer of the IDs we lack; ask it for those no one is
         asked for yet, within our budget toward it [GSP-R33] [GSP-R51]. Returns how
         many were asked for."""
@@ -1428,9 +1584,19 @@ class GossipNode:
                 want = self._wants[mid] = _Want(topic, sync, now)
             elif not sync:
                 want.sync = False  # announced as news too: forward it when it comes
+            if want.first is None and not sync:
+                want.first = p.handle
             if p.handle not in want.announcers and len(want.announcers) < _MAX_ANNOUNCERS:
                 want.announcers.append(p.handle)
-            if want.asked is None and p.iwant_out < cfg.max_iwant_ids_out:
+            if want.asked is not None:
+                continue
+            if not sync and not unpushed and not self._eager_link(topic, p.handle):
+                # An eager copy is likely on its way: wait for it a little [GSP-R33].
+                if not want.due:
+                    want.due = now + self._pull_delay()
+                    heapq.heappush(self._deferred, (want.due, mid))
+                continue
+            if p.iwant_out < cfg.max_iwant_ids_out:
                 want.asked = p.handle
                 want.deadline = now + cfg.iwant_timeout
                 p.iwant_out += 1
@@ -1550,6 +1716,7 @@ class GossipNode:
 
     def _graft(self, topic: bytes, state: _Topic, handle: Peer) -> None:
         state.mesh[handle] = None
+        self._link_up(state, handle)
         self._send(self._peers[handle], GRAFT, codec.encode({0: GRAFT, 1: topic}))
 
     def _prune(self, topic: bytes, state: _Topic, handle: Peer) -> None:
@@ -1605,6 +1772,123 @@ class GossipNode:
                 candidates = self._graft_candidates(topic, state, outbound_only=True)
                 for handle in candidates[: cfg.d_out - outbound]:
                     self._graft(topic, state, handle)
+
+    # -- eager and lazy links --------------------------------------------------------------
+
+    def _link_up(self, state: _Topic, handle: Peer) -> None:
+        """A new mesh link is eager both ways [GSP-R45]."""
+        state.choking.pop(handle, None)
+        state.choked_by.pop(handle, None)
+        state.eager_since[handle] = self._now
+        state.score.setdefault(handle, 0.0)
+
+    def _set_choke(self, topic: bytes, state: _Topic, handle: Peer, choke: bool) -> None:
+        if choke:
+            state.choking[handle] = None
+            self.stats["choked"] += 1
+            self._send(self._peers[handle], CHOKE, codec.encode({0: CHOKE, 1: topic}))
+        else:
+            state.choking.pop(handle, None)
+            state.eager_since[handle] = self._now
+            self.stats["unchoked"] += 1
+            self._send(self._peers[handle], UNCHOKE, codec.encode({0: UNCHOKE, 1: topic}))
+
+    def _rebalance(self, topic: bytes, state: _Topic) -> None:
+        """Keep between eager_min and eager_max mesh peers eager, the ones that tell us
+        of messages first [GSP-R46]."""
+        cfg = self.config
+        mesh = state.mesh
+        for table in (state.choking, state.choked_by, state.eager_since, state.score):
+            for gone in [h for h in table if h not in mesh]:
+                del table[gone]
+        score = state.score
+        for handle in score:
+            score[handle] *= cfg.score_decay
+        if cfg.eager_max is None:
+            return
+        now = self._now
+
+        def points(handle: Peer) -> float:
+            return score.get(handle, 0.0)
+
+        def choosable(eager: list[Peer]) -> list[Peer]:
+            since = state.eager_since
+            return [h for h in eager if now - since.get(h, now) >= cfg.choke_hold]
+
+        eager = [h for h in mesh if h not in state.choking]
+        lazy = [h for h in mesh if h in state.choking]
+        candidates = choosable(eager)
+        if lazy and candidates:  # one swap per heartbeat, with hysteresis
+            best = max(lazy, key=points)
+            worst = min(candidates, key=points)
+            if points(best) > cfg.swap_factor * points(worst) + 1.0:
+                self._set_choke(topic, state, best, False)
+                self._set_choke(topic, state, worst, True)
+                eager[eager.index(worst)] = best
+                lazy[lazy.index(best)] = worst
+        while len(eager) > cfg.eager_max:
+            candidates = choosable(eager)
+            if not candidates:
+                break
+            worst = min(self._shuffled(candidates), key=points)
+            self._set_choke(topic, state, worst, True)
+            eager.remove(worst)
+            lazy.append(worst)
+        while len(eager) < cfg.eager_min and lazy:
+            best = max(self._shuffled(lazy), key=points)
+            self._set_choke(topic, state, best, False)
+            lazy.remove(best)
+            eager.append(best)
+
+    def _pull_deferred(self) -> None:
+        """Deferred pulls that are due: the eager copy did not come, so ask the first
+        live announcer, and make it an eager link if it is a choked mesh peer [GSP-R33]
+        [GSP-R46]."""
+        now, cfg = self._now, self.config
+        requests: dict[Peer, list[bytes]] = {}
+        while self._deferred and self._deferred[0][0] <= now:
+            due, mid = heapq.heappop(self._deferred)
+            want = self._wants.get(mid)
+            if want is None or want.due != due or want.asked is not None:
+                continue
+            if self._known(mid):
+                del self._wants[mid]
+                continue
+            for handle in want.announcers:
+                p = self._peers.get(handle)
+                if p is None or p.graylisted or self._tick(p).iwant_out >= cfg.max_iwant_ids_out:
+                    continue
+                p.iwant_out += 1
+                want.asked = handle
+                want.deadline = now + cfg.iwant_timeout
+                requests.setdefault(handle, []).append(mid)
+                state = self._topics.get(want.topic) if want.topic is not None else None
+                if state is not None and handle in state.choking and handle in state.mesh:
+                    assert want.topic is not None
+                    self._set_choke(want.topic, state, handle, False)
+                break
+        for handle, ids in requests.items():
+            self._request(self._peers[handle], ids)
+
+    def _on_choke(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        self._choke_message(p, fields, True)
+
+    def _on_unchoke(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
+        self._choke_message(p, fields, False)
+
+    def _choke_message(self, p: _Peer, fields: dict[str, codec.Value], choke: bool) -> None:
+        """CHOKE: send me IDs, not bodies, of this topic; UNCHOKE: bodies again [GSP-R45]."""
+        self._tick(p).chokes += 1
+        if p.chokes > self.config.max_chokes:
+            self._limit(p, ErrorCode.GOSSIP_CHOKE_LIMIT, "too many CHOKE or UNCHOKE")
+            return
+        state = self._topics.get(cast(bytes, fields["topic"]))
+        if state is None or p.handle not in state.mesh:
+            return  # not a mesh link (a race with PRUNE): nothing to change
+        if choke:
+            state.choked_by[p.handle] = None
+        else:
+            state.choked_by.pop(p.handle, None)
 
     def _gossip(self, topic: bytes, state: _Topic) -> None:
         """IHAVE of the IDs received within the gossip window to D_lazy peers outside
@@ -1679,6 +1963,7 @@ class GossipNode:
                     del backoffs[ended]
         for topic, state in self._topics.items():
             self._maintain(topic, state)
+            self._rebalance(topic, state)
             self._gossip(topic, state)
         every = cfg.sync_every
         if every and (self._epoch + self._sync_phase) % every == 0:
@@ -1718,6 +2003,8 @@ class GossipNode:
                 if want.asked in want.announcers:
                     want.announcers.remove(want.asked)
                 want.asked = None
+            if want.asked is None and want.due > now:
+                continue  # a deferred pull, not due yet
             if want.asked is None:
                 for handle in want.announcers:
                     p = self._peers.get(handle)

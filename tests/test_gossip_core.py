@@ -22,6 +22,7 @@ import pytest
 from starling.proto import codec
 from starling.proto.errors import CodecError, ErrorCode, GossipError
 from starling.proto.gossip import (
+    CHOKE,
     GRAFT,
     IDONTWANT,
     IHAVE,
@@ -34,6 +35,7 @@ from starling.proto.gossip import (
     SUBSCRIBE,
     SYNC,
     SYNC_PAGE,
+    UNCHOKE,
     CatchUpDone,
     Delivered,
     GossipConfig,
@@ -890,3 +892,220 @@ def test_the_publish_fast_path_agrees_with_the_general_decoder() -> None:
     for frame in near_misses:
         with pytest.raises(CodecError):
             decode_message(frame)
+
+
+# ----------------------------------------------------------------------------- eager and lazy links
+
+
+def choking_node(**changes: object) -> GossipNode:
+    """A node with mesh peers a..e that keeps at most two of them eager."""
+    config = GossipConfig(eager_max=2, eager_min=1, choke_hold=0.0, **changes)  # type: ignore[arg-type]
+    node = lone_node(config)
+    with_peers(node, *"abcde")
+    node.handle_timer(1.0)
+    return node
+
+
+def test_a_node_chokes_mesh_peers_beyond_eager_max_and_keeps_the_floor() -> None:
+    node = choking_node()
+    sent = [(dst, decode_message(f)) for dst, f in node.frames_to_send(1.0)]
+    choked = {dst for dst, (kind, fields) in sent if kind == CHOKE}
+    assert len(choked) == 3 and choked < set("abcde")
+    assert all(fields == {"type": CHOKE, "topic": TOPIC} for _, (k, fields) in sent if k == CHOKE)
+    assert node.stats["choked"] == 3
+    # Two eager peers leave the mesh: the floor of one eager link unchokes a choked one.
+    for peer in set("abcde") - choked:
+        node.receive(peer, codec.encode({0: PRUNE, 1: TOPIC, 2: 60}), 1.5)
+    node.handle_timer(2.0)
+    unchoked = [dst for dst, f in node.frames_to_send(2.0) if decode_message(f)[0] == UNCHOKE]
+    assert len(unchoked) == 1 and unchoked[0] in choked
+
+
+def test_a_peer_that_choked_us_gets_ids_and_the_others_bodies() -> None:
+    node = lone_node(GossipConfig(eager_max=None, lazy_fanout=0))
+    with_peers(node, "src", "a", "b", "c")
+    node.receive("a", codec.encode({0: CHOKE, 1: TOPIC}), 0.0)
+    message = sign_message(AUTHOR, TOPIC, 0, b"small")
+    node.receive("src", publish_frame(message), 0.0)
+    sent = {dst: decode_message(f) for dst, f in node.frames_to_send(0.0)}
+    assert sent["a"] == (IHAVE, {"type": IHAVE, "topic": TOPIC, "ids": [message.id]})
+    assert sent["b"][0] == PUBLISH and sent["c"][0] == PUBLISH and "src" not in sent
+    node.receive("a", codec.encode({0: UNCHOKE, 1: TOPIC}), 0.1)
+    later = sign_message(AUTHOR, TOPIC, 1, b"small again")
+    node.receive("src", publish_frame(later), 0.1)
+    assert {
+        dst: kind
+        for dst, (kind, _) in [(d, decode_message(f)) for d, f in node.frames_to_send(0.1)]
+    }["a"] == PUBLISH
+
+
+def test_lazy_ids_go_at_once_to_a_few_peers_outside_the_mesh() -> None:
+    node = lone_node(GossipConfig(lazy_fanout=2))
+    with_peers(node, "src")
+    for peer in ("x", "y", "z", "w"):  # topic peers, not in the mesh
+        node.add_peer(peer, 0.0)
+        node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    node.frames_to_send(0.0)
+    node.receive("src", publish_frame(sign_message(AUTHOR, TOPIC, 0, b"news")), 0.0)
+    told = [dst for dst, f in node.frames_to_send(0.0) if decode_message(f)[0] == IHAVE]
+    assert len(told) == 2 and set(told) < {"x", "y", "z", "w"}
+
+
+def test_an_announcement_from_a_choked_peer_waits_for_the_eager_copy() -> None:
+    node = choking_node()
+    choked = [dst for dst, f in node.frames_to_send(1.0) if decode_message(f)[0] == CHOKE]
+    eager = sorted(set("abcde") - set(choked))
+    message = sign_message(AUTHOR, TOPIC, 0, b"coming eagerly")
+    node.receive(choked[0], codec.encode({0: IHAVE, 1: TOPIC, 2: [message.id]}), 1.1)
+    assert node.frames_to_send(1.1) == []  # no request yet
+    due = node.get_timer()
+    assert due is not None and 1.1 < due < 2.0
+    node.receive(eager[0], publish_frame(message), 1.12)  # the eager copy comes in time
+    node.frames_to_send(1.12)
+    node.handle_timer(due)
+    assert [decode_message(f)[0] for _, f in node.frames_to_send(due)] == []
+    assert node.stats["publish_rx"] == 1  # one copy, nothing pulled
+
+
+def test_a_choked_announcer_is_asked_after_the_wait_and_made_eager() -> None:
+    node = choking_node()
+    choked = [dst for dst, f in node.frames_to_send(1.0) if decode_message(f)[0] == CHOKE]
+    message = sign_message(AUTHOR, TOPIC, 0, b"the eager copy was lost")
+    node.receive(choked[0], codec.encode({0: IHAVE, 1: TOPIC, 2: [message.id]}), 1.1)
+    node.frames_to_send(1.1)
+    due = node.get_timer()
+    assert due is not None
+    node.handle_timer(due)
+    sent = [(dst, decode_message(f)[0]) for dst, f in node.frames_to_send(due)]
+    assert (choked[0], IWANT) in sent and (choked[0], UNCHOKE) in sent
+    node.receive(choked[0], publish_frame(message), due + 0.05)
+    (delivery,) = [e for e in events_of(node) if isinstance(e, Delivered)]
+    assert delivery.via == "pull" and delivery.from_peer == choked[0]
+
+
+def test_an_unpushed_announcement_is_pulled_at_once() -> None:
+    node = choking_node()
+    choked = [dst for dst, f in node.frames_to_send(1.0) if decode_message(f)[0] == CHOKE]
+    big = sign_message(AUTHOR, TOPIC, 0, bytes(4000))
+    node.receive(choked[0], codec.encode({0: IHAVE, 1: TOPIC, 2: [big.id], 3: True}), 1.1)
+    assert [(dst, decode_message(f)[0]) for dst, f in node.frames_to_send(1.1)] == [
+        (choked[0], IWANT)
+    ]
+
+
+def test_large_messages_are_announced_unpushed() -> None:
+    node = lone_node()
+    with_peers(node, "src", "a")
+    big = sign_message(AUTHOR, TOPIC, 0, bytes(4000))
+    node.receive("src", publish_frame(big), 0.0)
+    ihave = [decode_message(f)[1] for dst, f in node.frames_to_send(0.0) if dst == "a"][-1]
+    assert ihave == {"type": IHAVE, "topic": TOPIC, "ids": [big.id], "unpushed": True}
+
+
+def test_a_choke_flood_is_bounded_and_penalised() -> None:
+    node = lone_node(GossipConfig(max_chokes=8))
+    with_peers(node, "noisy", "calm")
+    for i in range(40):
+        kind = CHOKE if i % 2 else UNCHOKE
+        node.receive("noisy", codec.encode({0: kind, 1: TOPIC}), 0.0)
+    assert node.stats["rejected_GOSSIP_CHOKE_LIMIT"] == 32
+    assert set(penalties(node, "noisy")) == {ErrorCode.GOSSIP_CHOKE_LIMIT}
+    assert node.penalty("calm") == 0.0
+    # A CHOKE for a topic the node is not in, or from a peer outside its mesh, changes
+    # nothing and costs nothing.
+    node.add_peer("outsider", 0.0)
+    node.receive("outsider", codec.encode({0: CHOKE, 1: TOPIC}), 0.0)
+    node.receive("calm", codec.encode({0: CHOKE, 1: OTHER_TOPIC}), 0.0)
+    node.frames_to_send(0.0)
+    message = sign_message(AUTHOR, TOPIC, 0, b"still pushed to calm")
+    node.receive("outsider", publish_frame(message), 0.0)
+    sent = {dst: decode_message(f)[0] for dst, f in node.frames_to_send(0.0)}
+    assert sent["calm"] == PUBLISH
+    assert node.penalty("outsider") == 0.0 and node.penalty("calm") == 0.0
+
+
+def test_announcing_without_delivering_is_penalised_after_the_wait_too() -> None:
+    node = choking_node(iwant_timeout=1.0)
+    choked = [dst for dst, f in node.frames_to_send(1.0) if decode_message(f)[0] == CHOKE]
+    liar = choked[0]
+    events_of(node)
+    message = sign_message(AUTHOR, TOPIC, 0, b"promised, never sent")
+    node.receive(liar, codec.encode({0: IHAVE, 1: TOPIC, 2: [message.id]}), 1.1)
+    due = node.get_timer()
+    assert due is not None
+    node.handle_timer(due)
+    assert (liar, IWANT) in [(dst, decode_message(f)[0]) for dst, f in node.frames_to_send(due)]
+    node.handle_timer(2.0)
+    assert penalties(node, liar) == []
+    node.handle_timer(3.0)
+    assert penalties(node, liar) == [ErrorCode.GOSSIP_PROMISE_BROKEN]
+
+
+def test_choked_links_cut_copies_and_the_wave_survives_a_silent_crash() -> None:
+    def copies(net: Net) -> float:
+        received = sum(n.stats["publish_rx"] for n in net.nodes.values())
+        delivered = sum(n.stats["delivered"] for n in net.nodes.values())
+        return received / delivered
+
+    def traffic(net: Net, count: int, seed: int) -> list[tuple[bytes, str]]:
+        rng = random.Random(seed)
+        sent = []
+        live = sorted({a for a, _ in net.links})
+        for _ in range(count):
+            publisher = rng.choice(live)
+            sent.append((net.publish(publisher, rng.randbytes(200)), publisher))
+            net.run(0.25)
+        return sent
+
+    plain = random_network(60, 6, GossipConfig(eager_max=None))
+    plain.run(8.0)
+    traffic(plain, 20, 1)
+    plain.run(3.0)
+    # No heartbeat gossip, no anti-entropy: only the wave (eager pushes, IDs sent on
+    # receipt and pulls after the short wait) can deliver.
+    net = random_network(60, 6, GossipConfig(d_lazy=0, gossip_factor=0.0, sync_every=None))
+    net.run(8.0)
+    traffic(net, 20, 1)
+    net.run(3.0)
+    eager_max = GossipConfig().eager_max
+    assert eager_max is not None
+    for node in net.nodes.values():
+        state = node._topics[TOPIC]
+        assert len(set(state.mesh) - set(state.choking)) <= eager_max + 1  # one being tried
+    assert copies(net) < 0.6 * copies(plain)
+    # Half the nodes vanish without notice (their sessions stay up on the other side):
+    # every survivor still gets the new messages within two heartbeats.
+    dead = set(random.Random(5).sample(sorted(net.nodes), 30))
+    net.links = {(a, b) for a, b in net.links if a not in dead and b not in dead}
+    for name in net.nodes:
+        net.events[name].clear()
+    sent = traffic(net, 4, 2)
+    net.run(2.0 - 0.25)
+    for name in set(net.nodes) - dead:
+        got = {d.message_id for d in net.delivered(name)}
+        assert got == {mid for mid, publisher in sent if publisher != name}, name
+
+
+def test_a_small_message_from_its_author_is_relayed_to_every_topic_peer() -> None:
+    node = lone_node(GossipConfig(lazy_fanout=0))
+    node.add_peer("author", 0.0, peer_id=AUTHOR.peer_id.raw)
+    node.add_peer("relay", 0.0, peer_id=key("relay").peer_id.raw)
+    for peer in ("author", "relay"):
+        node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    with_peers(node, "a", "b")
+    for peer in ("x", "y"):  # topic peers outside the mesh
+        node.add_peer(peer, 0.0)
+        node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    node.receive("a", codec.encode({0: CHOKE, 1: TOPIC}), 0.0)
+    node.frames_to_send(0.0)
+    straight = sign_message(AUTHOR, TOPIC, 0, b"from the author")
+    node.receive("author", publish_frame(straight), 0.0)
+    bodies = {dst for dst, f in node.frames_to_send(0.0) if decode_message(f)[0] == PUBLISH}
+    assert bodies == {"relay", "a", "b", "x", "y"}  # choked "a" and non-mesh peers too
+    relayed = sign_message(AUTHOR, TOPIC, 1, b"from the author, via a relay")
+    node.receive("relay", publish_frame(relayed), 0.0)
+    sent = {dst: decode_message(f)[0] for dst, f in node.frames_to_send(0.0)}
+    assert sent == {"a": IHAVE, "b": PUBLISH}  # as any forwarded message
+    big = sign_message(AUTHOR, TOPIC, 2, bytes(4000))
+    node.receive("author", publish_frame(big), 0.0)
+    assert PUBLISH not in [decode_message(f)[0] for _, f in node.frames_to_send(0.0)]

@@ -245,3 +245,42 @@ def test_libp2p_run_without_venv_reports_why(monkeypatch: pytest.MonkeyPatch) ->
     result = gossip_libp2p_worker.run(allow_install=False)
     assert result["error"] == "no venv (test)"
     assert result["latency_ms_p50"] is None and result["copies_per_delivery"] is None
+
+
+def test_probe_keeps_the_wave_and_pure_eager_push_apart() -> None:
+    probe = Probe(3)
+    m = probe.new_message(0, 200, 1.0)
+    probe.received(1, m, 1.05, 1, True)  # eager: both
+    probe.received(2, m, 1.09, 2, True, eager=False)  # a pull in the wave
+    assert list(probe.push_reached[m]) == [0, 1, 1]
+    assert list(probe.eager_reached[m]) == [0, 1, 0]
+
+
+def test_starling_wave_counts_immediate_pulls_and_not_heartbeat_gossip() -> None:
+    from bench.gossip import starling_factory
+    from starling.proto.gossip import GossipConfig
+
+    def crash50(config: GossipConfig) -> dict[str, object]:
+        factory = starling_factory(config, QUICK)
+        return summarize([run_scenario(factory, 300, seed=1, crash_fraction=0.5, params=QUICK)])
+
+    ours = crash50(GossipConfig())
+    by_push = ours["coverage_by_push_by_size"]
+    eager = ours["coverage_by_eager_push_by_size"]
+    assert isinstance(by_push, dict) and isinstance(eager, dict)
+    # Large messages are pushed to nobody: their wave is announcements and pulls.
+    assert eager["16384"] < 0.2 and by_push["16384"] >= 0.97
+    assert eager["200"] <= by_push["200"] and by_push["200"] >= 0.97
+    assert ours["coverage_after_two_heartbeats"] == 1.0
+    # No mesh, no IDs sent on receipt, no author relay: past the author's own flood,
+    # only heartbeat gossip announces, and none of it counts as the wave.
+    no_wave = GossipConfig(d=0, d_low=0, d_high=0, d_out=0, lazy_fanout=0, author_relay=None)
+    silent = crash50(no_wave)
+    silent_push = silent["coverage_by_push_by_size"]
+    over_time = silent["coverage_over_time"]
+    assert isinstance(silent_push, dict) and isinstance(over_time, dict)
+    assert silent_push["16384"] < 0.2 and silent_push["200"] < 0.2
+    assert over_time["5"] > 0.9  # heartbeat gossip did reach them
+    # The baselines have no wave pulls: their wave is their eager push.
+    gs = summarize([run_scenario(gossipsub, 300, seed=1, crash_fraction=0.5, params=QUICK)])
+    assert gs["coverage_by_push"] == gs["coverage_by_eager_push"]

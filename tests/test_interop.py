@@ -328,7 +328,7 @@ def test_gossip_vectors_cover_every_message_type_and_message_code() -> None:
         for g, t in each_test(vectors)
         if g["type"] == "gossip-message"
     }
-    assert types == {2, 4, 6, 8, 10, 12, 14, 15, 16, 18}
+    assert types == {2, 4, 6, 8, 10, 12, 14, 15, 16, 17, 18, 19}
     groups = {g["type"] for g in vectors["testGroups"]}
     assert groups == {
         "topic",
