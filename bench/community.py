@@ -5,11 +5,16 @@ Run: ``python -m bench community [--json PATH] [--quick]``. Prints JSON.
 * ``catchup_10k_s``: a member that was offline while 5 authors wrote 10,000
   messages connects to one that holds them; the time from the connect call until
   every entry is checked, applied and committed to its SQLite store (a real QUIC
-  session on 127.0.0.1, real stores in a temporary directory; both members in this
-  process). ``catchup_cpu_s`` and ``catchup_loop_thread_cpu_s`` say how much CPU it
-  took: when the first is close to the wall time, the run had one core's worth.
-  Five runs (``--catchup-runs``): each figure is their median, ``catchup_10k_s_min``
-  the fastest, ``catchup_runs`` every run with the load average;
+  session on 127.0.0.1, real stores in a temporary directory). The member holding the
+  messages runs in its own process (``bench.community_worker``), the catching-up one
+  in this process with a fresh store each run. ``catchup_cpu_s`` and
+  ``catchup_loop_thread_cpu_s`` say how much CPU the catching-up process and its event
+  loop's thread took, ``catchup_sender_cpu_s`` the sending process. Five runs
+  (``--catchup-runs``): each figure is their median, ``catchup_10k_s_min`` the fastest,
+  ``catchup_runs`` every run with the load average;
+* ``catchup_10k_single_process_s`` (and ``catchup_single_process_*``): the same
+  catch-up with both members in this process and event loop, as measured before, for
+  comparison (the receiver then pays for the sender's CPU too);
 * ``post_to_visible_ms_p50`` / ``_p99``: 10 members on loopback in a full mesh;
   one posts (``Communities.post``: sign, fsync, publish) and the time until the
   message is in the channel view of *all* nine others, per post;
@@ -28,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +46,11 @@ from starling.node.session import Node, NodeConfig
 from starling.node.store import DB_FILE_NAME, Store
 from starling.proto import community as com
 from starling.proto.gossip import GossipConfig
-from starling.proto.identity import PrivateKey
+from starling.proto.identity import PeerId, PrivateKey
 from starling.proto.sync import Replica
 
 T0 = int(time.time() * 1000) - 3_600_000
+LOOPBACK = "127.0.0.1"
 
 
 def _key(label: str) -> PrivateKey:
@@ -56,8 +63,8 @@ class _Member:
         self.identity = _key(name)
         self.data = root / name
 
-    async def start(self) -> _Member:
-        self.node = await Node.start(self.identity, NodeConfig())
+    async def start(self, config: NodeConfig | None = None) -> _Member:
+        self.node = await Node.start(self.identity, config or NodeConfig(host=LOOPBACK))
         self.gossip = GossipService(self.node, GossipConfig())
         self.store = await Store.open(self.data)
         self.api = await Communities.open(self.node, self.gossip, self.store, self.identity)
@@ -70,80 +77,193 @@ class _Member:
         await self.store.close()
 
 
-def _authority(authors: list[PrivateKey], extra: list[PrivateKey]) -> tuple[list[bytes], bytes]:
+def _authority(
+    authors: list[PrivateKey], extra: list[PrivateKey], t0: int = T0
+) -> tuple[list[bytes], bytes]:
     root, owner = _key("root"), authors[0]
-    entries = com.genesis(root, owner.public_key.raw, T0, "bench")
-    chan = com.channel_add(owner, root.public_key.raw, [entries[-1].id], T0 + 1, "general")
+    entries = com.genesis(root, owner.public_key.raw, t0, "bench")
+    chan = com.channel_add(owner, root.public_key.raw, [entries[-1].id], t0 + 1, "general")
     cap = com.make_capability(
-        owner, root.public_key.raw, expires_ms=T0 + 10**10, nonce=b"\0" * 16, max_uses=1000
+        owner, root.public_key.raw, expires_ms=t0 + 10**10, nonce=b"\0" * 16, max_uses=1000
     )
     out = [*entries, chan]
     for member in [*authors[1:], *extra]:
-        out.append(com.join(member, cap, [out[-1].id], T0 + 2))
+        out.append(com.join(member, cap, [out[-1].id], t0 + 2))
     return [e.raw for e in out], chan.id
 
 
-async def catchup(root: Path, messages: int, authors_n: int) -> dict[str, Any]:
+def _catchup_authority(
+    authors_n: int, t0: int
+) -> tuple[bytes, list[bytes], list[PrivateKey], bytes]:
+    """The catch-up's community (key, authority, authors, channel); the same from the same ``t0``
+    in every process, as keys and signatures are deterministic."""
     authors = [_key(f"author{i}") for i in range(authors_n)]
-    server_m, client_m = _Member("server", root), _Member("client", root)
-    authority, chan = _authority(authors, [server_m.identity, client_m.identity])
-    community = _key("root").public_key.raw
-    # The entries, written as the authors' devices would.
-    writer_side = Replica(community)
-    writer_side.take(authority, [], T0 + 10**7)
-    feeds: list[bytes] = []
+    authority, chan = _authority(authors, [_key("server"), _key("client")], t0)
+    return _key("root").public_key.raw, authority, authors, chan
+
+
+async def prepare_catchup(
+    root: Path, member: _Member, messages: int, authors_n: int, t0: int
+) -> int:
+    """Write ``member``'s store before it starts: the community's authority, and for the
+    member named ``server`` also the feed entries 5 authors wrote (``messages`` in all,
+    written as the authors' devices would). Returns how many feed entries there are."""
+    community, authority, authors, chan = _catchup_authority(authors_n, t0)
     per_author = messages // authors_n
-    for i, author in enumerate(authors):
-        w = writer_side.feeds.writer(author, bytes([i]) * 8)
-        feeds += [
-            w.post(chan, f"message {j} from author {i}", T0 + 1000 + j) for j in range(per_author)
-        ]
-    # Both stores hold the authority; the server also holds every feed entry.
-    for m, with_feeds in ((server_m, True), (client_m, False)):
-        store = await Store.open(m.data)
+    store = await Store.open(member.data)
+    try:
         await store.put_authority_entries(community, authority)
         await store.put_community(community, name="bench", role=com.Role.MEMBER)
-        if with_feeds:
+        if member.name == "server":
+            writer_side = Replica(community)
+            writer_side.take(authority, [], t0 + 10**7)
+            feeds: list[bytes] = []
+            for i, author in enumerate(authors):
+                w = writer_side.feeds.writer(author, bytes([i]) * 8)
+                feeds += [
+                    w.post(chan, f"message {j} from author {i}", t0 + 1000 + j)
+                    for j in range(per_author)
+                ]
             replica = Replica(community)
-            replica.take(authority, [], T0 + 10**7)
+            replica.take(authority, [], t0 + 10**7)
             intake = replica.take([], feeds, int(time.time() * 1000))
             records = [feed_record(replica, e) for e in intake.feeds]
             await store.put_feed_entries(community, records, fsync=False)
+    finally:
         await store.close()
+    return per_author * authors_n
+
+
+async def _catch_up_from(
+    client: _Member, community: bytes, expected: int, addr: Any, peer: Any
+) -> dict[str, float]:
+    """Connect ``client`` to the member at ``addr`` and time the catch-up of ``expected``
+    feed entries: applied, then committed to the store."""
+    replica = client.api._replicas[community]
+    assert sum(replica.feeds.lengths().values()) == 0
+    start = time.perf_counter()
+    cpu, main_cpu = time.process_time(), time.thread_time()
+    await client.node.connect(addr, peer_id=peer)
+    while sum(replica.feeds.lengths().values()) < expected:
+        await asyncio.sleep(0.002)
+    applied_s = time.perf_counter() - start
+    while client.api._tasks:
+        await asyncio.gather(*list(client.api._tasks))
+    stored_s = time.perf_counter() - start
+    cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu
+    page = await client.api.page(community_text(community), "general", limit=100)
+    assert len(page) == 100
+    return {"stored_s": stored_s, "applied_s": applied_s, "cpu": cpu, "main_cpu": main_cpu}
+
+
+async def catchup_single_process(root: Path, messages: int, authors_n: int) -> dict[str, Any]:
+    """Both members in this process and event loop (the figure before the two-process one)."""
+    server_m, client_m = _Member("server", root), _Member("client", root)
+    community = _key("root").public_key.raw
+    n = await prepare_catchup(root, server_m, messages, authors_n, T0)
+    await prepare_catchup(root, client_m, messages, authors_n, T0)
     server = await server_m.start()
     client = await client_m.start()
     try:
-        replica = client.api._replicas[community]
-        assert sum(replica.feeds.lengths().values()) == 0
-        start = time.perf_counter()
-        cpu, main_cpu = time.process_time(), time.thread_time()
-        await client.node.connect(server.node.addresses[0], peer_id=server.node.peer_id)
-        while sum(replica.feeds.lengths().values()) < len(feeds):
-            await asyncio.sleep(0.002)
-        applied_s = time.perf_counter() - start
-        while client.api._tasks:
-            await asyncio.gather(*list(client.api._tasks))
-        stored_s = time.perf_counter() - start
-        cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu
-        page = await client.api.page(community_text(community), "general", limit=100)
-        assert len(page) == 100
+        t = await _catch_up_from(
+            client, community, n, server.node.addresses[0], server.node.peer_id
+        )
     finally:
         await client.stop()
         await server.stop()
-    db_bytes = (client_m.data / DB_FILE_NAME).stat().st_size
     return {
-        "catchup_10k_s": round(stored_s, 3),
-        "catchup_applied_s": round(applied_s, 3),
-        "catchup_messages": len(feeds),
-        # Both members run in this process: CPU of all its threads (the verification pool
-        # included) and of the event loop's thread, over the catch-up.
-        "catchup_cpu_s": round(cpu, 3),
-        "catchup_loop_thread_cpu_s": round(main_cpu, 3),
-        "db_bytes_per_message": round(db_bytes / len(feeds), 1),
+        "catchup_10k_single_process_s": round(t["stored_s"], 3),
+        "catchup_single_process_applied_s": round(t["applied_s"], 3),
+        # Both members: CPU of all this process's threads and of the event loop's thread.
+        "catchup_single_process_cpu_s": round(t["cpu"], 3),
+        "catchup_single_process_loop_thread_cpu_s": round(t["main_cpu"], 3),
     }
 
 
-def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+class SenderProcess:
+    """The member holding the messages, in a ``bench.community_worker`` subprocess."""
+
+    def __init__(self, root: Path, messages: int, authors_n: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.community_worker",
+                "--data",
+                str(root),
+                "--messages",
+                str(messages),
+                "--authors",
+                str(authors_n),
+                "--t0",
+                str(T0),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = self._line()
+        if not self.ready.get("ready"):
+            self.close()
+            raise RuntimeError(f"community worker failed: {self.ready}")
+
+    def _line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else {"error": "worker exited"}
+
+    def cpu(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("cpu\n")
+        self.proc.stdin.flush()
+        answer = self._line()
+        if "cpu_s" not in answer:
+            raise RuntimeError(f"community worker: {answer}")
+        return float(answer["cpu_s"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def catchup(
+    root: Path, sender: SenderProcess, messages: int, authors_n: int
+) -> dict[str, Any]:
+    """The catching-up member in this process, with fresh state, against ``sender``."""
+    client_m = _Member("client", root)
+    community = _key("root").public_key.raw
+    await prepare_catchup(root, client_m, messages, authors_n, T0)
+    n = int(sender.ready["messages"])
+    client = await client_m.start()
+    addr = (LOOPBACK, int(sender.ready["port"]))
+    peer = PeerId.parse(sender.ready["peer_id"])
+    try:
+        sender_cpu = sender.cpu()
+        t = await _catch_up_from(client, community, n, addr, peer)
+        sender_cpu = sender.cpu() - sender_cpu
+    finally:
+        await client.stop()
+    db_bytes = (client_m.data / DB_FILE_NAME).stat().st_size
+    return {
+        "catchup_10k_s": round(t["stored_s"], 3),
+        "catchup_applied_s": round(t["applied_s"], 3),
+        "catchup_messages": n,
+        # The catching-up member's process (all threads, the verification pool included),
+        # its event loop's thread, and the sending member's process, over the catch-up.
+        "catchup_cpu_s": round(t["cpu"], 3),
+        "catchup_loop_thread_cpu_s": round(t["main_cpu"], 3),
+        "catchup_sender_cpu_s": round(sender_cpu, 3),
+        "db_bytes_per_message": round(db_bytes / n, 1),
+    }
+
+
+def _median_runs(runs: list[dict[str, Any]], wall: str, runs_key: str) -> dict[str, Any]:
     """Several catch-up runs: the median of each figure (wall time is noisy on a shared
     machine), the fastest run's wall time, and every run with the load average after it."""
     out: dict[str, Any] = {}
@@ -152,8 +272,8 @@ def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[name] = value
         elif name != "load_average":
             out[name] = round(statistics.median(r[name] for r in runs), 3)
-    out["catchup_10k_s_min"] = min(r["catchup_10k_s"] for r in runs)
-    out["catchup_runs"] = runs
+    out[wall + "_min"] = min(r[wall] for r in runs)
+    out[runs_key] = runs
     return out
 
 
@@ -258,13 +378,27 @@ def main(argv: list[str] | None = None) -> int:
     log = sys.stderr
     report: dict[str, Any] = {"benchmark": "community", "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="starling-community-bench-", dir=args.dir) as tmp:
+        print(f"catch-up: the sending member writes {catch_n} messages", file=log)
+        sender = SenderProcess(Path(tmp) / "sender", catch_n, 5)
+        try:
+            runs = []
+            for i in range(runs_n):
+                print(f"catch-up from another process, run {i + 1} of {runs_n}", file=log)
+                run = asyncio.run(catchup(Path(tmp) / f"catchup{i}", sender, catch_n, 5))
+                run["load_average"] = round(os.getloadavg()[0], 2)
+                runs.append(run)
+        finally:
+            sender.close()
+        report.update(_median_runs(runs, "catchup_10k_s", "catchup_runs"))
         runs = []
         for i in range(runs_n):
-            print(f"catch-up of {catch_n} messages, run {i + 1} of {runs_n}", file=log)
-            run = asyncio.run(catchup(Path(tmp) / f"catchup{i}", catch_n, 5))
+            print(f"catch-up in one process, run {i + 1} of {runs_n}", file=log)
+            run = asyncio.run(catchup_single_process(Path(tmp) / f"single{i}", catch_n, 5))
             run["load_average"] = round(os.getloadavg()[0], 2)
             runs.append(run)
-        report.update(_median_runs(runs))
+        report.update(
+            _median_runs(runs, "catchup_10k_single_process_s", "catchup_single_process_runs")
+        )
         print(f"post to visible, 10 members, {posts} posts", file=log)
         report.update(asyncio.run(post_to_visible(Path(tmp) / "latency", 10, posts)))
     print(f"view pages of a {page_n}-message channel", file=log)

@@ -508,7 +508,10 @@ class Session:
         self._quic.receive_datagram(data, self.path.synthetic, now=self._loop.time())
         self._last_activity = self._loop.time()
         self._process_events()
-        self._transmit()
+        # One transmit pass after the datagrams the endpoint read in this loop iteration
+        # (it drains the socket), not one per datagram: what aioquic has to send (ACKs,
+        # window updates, data the ACKs freed) goes out in the same iteration either way.
+        self._transmit_soon()
         # ACKs may have freed send buffer: wake writers waiting in Stream.send().
         self._progress.set()
         self._progress = asyncio.Event()
