@@ -224,11 +224,21 @@ def run(delay_ms: int = 20, messages: int = 100, workdir: Path | None = None) ->
                     list(pool.map(lambda p: p.chat(lines[p.name]), people.values()))
             expected = 1 + 3 * messages
             for person in people.values():
-                wait_for(
-                    lambda p=person: len(p.view()) >= expected,
-                    f"{person.name} to hold all {expected} messages",
-                    limit=120,
-                )
+                try:
+                    wait_for(
+                        lambda p=person: len(p.view()) >= expected,
+                        f"{person.name} to hold all {expected} messages",
+                        limit=120,
+                    )
+                except AssertionError as exc:
+                    # Say which messages are missing, whose they are, and the person's
+                    # sessions: what a failure in CI needs to be understood.
+                    held = {text for _, text in texts(person.view())}
+                    missing = [t for ls in lines.values() for t in ls if t not in held]
+                    raise AssertionError(
+                        f"{exc}: {len(missing)} missing, e.g. {missing[:5]} ... {missing[-5:]}; "
+                        f"status {json.dumps(person.status())}"
+                    ) from None
             step("all chatted", messages=expected, ms=round((time.monotonic() - started) * 1000, 1))
 
             # 4. C offline; A and B write more; C returns and catches up.
