@@ -53,6 +53,9 @@ GossipEvent = Delivered | PeerMisbehaved | PeerExchange | CatchUpDone
 Validator = Callable[..., Verdict]
 
 
+RELINK_DELAY = 1.0  # seconds before a closed gossip stream is replaced on a live session
+
+
 class _Link:
     """The sending half towards one peer: its stream, a queue, a writer task."""
 
@@ -91,6 +94,8 @@ class GossipService:
         self.max_queued_frames = max_queued_frames
         self.stats: Counter[str] = Counter()
         self._links: dict[PeerId, _Link] = {}
+        self._opened: dict[Session, int] = {}  # gossip streams each session's peer opened
+        self._incoming: dict[Session, Stream] = {}  # the one open stream each peer opened
         self._last_heard_ms: dict[PeerId, int] = {}  # for the catch-up of a resumed session
         self._listeners: list[Callable[[GossipEvent], None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -158,6 +163,8 @@ class GossipService:
         if isinstance(event, SessionUp):
             self._session_up(event.session)
         elif isinstance(event, SessionDown):
+            self._opened.pop(event.session, None)
+            self._incoming.pop(event.session, None)
             link = self._links.get(event.session.peer_id)
             if link is not None and link.session is event.session:
                 self._drop(event.session.peer_id)
@@ -179,6 +186,10 @@ class GossipService:
         for topic in self.core.topics:
             self.core.catch_up(peer, topic, self._since(peer), now)
         self._flush()
+
+    def _relink(self, session: Session) -> None:
+        if not self._closed and not session.closed and session.peer_id not in self._links:
+            self._session_up(session)
 
     def _drop(self, peer: PeerId) -> None:
         link = self._links.pop(peer, None)
@@ -203,12 +214,30 @@ class GossipService:
 
     async def _serve(self, stream: Stream) -> None:
         """The stream the peer opened: everything on it goes into the core."""
-        peer = stream.session.peer_id
-        async for frame in stream:
-            if self._closed:
-                return
-            self.core.receive(peer, frame, self._loop.time())
+        session = stream.session
+        peer = session.peer_id
+        current = self._incoming.get(session)
+        if current is not None:
+            stream.reset()  # a second stream while the first is open: keep the first [GSP-R3]
+            return
+        self._incoming[session] = stream
+        opened = self._opened[session] = self._opened.get(session, 0) + 1
+        if opened > 1 and peer in self._links:
+            # A replacement: the peer's previous stream on this session ended, and what it
+            # wrote there may be lost. Pull it, as on a new session [GSP-R64].
+            now = self._loop.time()
+            for topic in self.core.topics:
+                self.core.catch_up(peer, topic, self._since(peer), now)
             self._flush()
+        try:
+            async for frame in stream:
+                if self._closed:
+                    return
+                self.core.receive(peer, frame, self._loop.time())
+                self._flush()
+        finally:
+            if self._incoming.get(session) is stream:
+                del self._incoming[session]
 
     async def _write(self, peer: PeerId, link: _Link) -> None:
         try:
@@ -219,7 +248,15 @@ class GossipService:
                 link.wakeup.clear()
                 await link.wakeup.wait()
         except StreamClosed as exc:
-            log.debug("gossip stream to %s closed: %s", peer, exc)
+            # The stream ended under a live session (reset, refused, the peer's reader
+            # gone): left alone, everything queued for this peer would wait forever while
+            # the core counts it as connected. Take the link down, and after a pause open
+            # a fresh one on the session if it is still up; its catch-up exchange brings
+            # back whatever went missing meanwhile.
+            log.info("gossip stream to %s closed: %s; opening a new one", peer, exc)
+            if self._links.get(peer) is link:
+                self._drop(peer)
+                self._loop.call_later(RELINK_DELAY, self._relink, link.session)
         except asyncio.CancelledError:
             if link.stream is not None:
                 with contextlib.suppress(StreamClosed):

@@ -150,3 +150,35 @@ def test_peers_without_gossip_are_left_alone() -> None:
             await plain.close()
 
     run(main)
+
+
+def test_a_closed_gossip_stream_is_replaced_and_nothing_is_lost() -> None:
+    """When the gossip stream to a peer ends while the session lives on, the service opens
+    a new one on the same session, and the catch-up on it brings back what was published
+    while there was none: nothing stays queued behind a dead stream."""
+
+    async def main() -> None:
+        a, b = Member("relink a"), Member("relink b")
+        await a.start()
+        await b.start()
+        try:
+            await connect(a, b)
+            assert a.gossip is not None and b.gossip is not None and a.node is not None
+            await eventually(lambda: len(a.gossip.peers) == 1 and len(b.gossip.peers) == 1, 10)
+            first = a.publish(b"before")
+            await eventually(lambda: first in b.seen, 10)
+            # End a's sending stream towards b; the session itself stays up.
+            link = a.gossip._links[b.node.peer_id]  # type: ignore[union-attr]
+            await eventually(lambda: link.stream is not None, 10)
+            assert link.stream is not None
+            link.stream.reset()
+            during = [a.publish(f"during {i}".encode()) for i in range(20)]
+            await eventually(lambda: all(m in b.seen for m in during), 20)
+            assert not a.node.sessions[0].closed
+            relinked = a.gossip._links[b.node.peer_id]  # type: ignore[union-attr]
+            assert relinked is not link and relinked.session is link.session
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(main)
