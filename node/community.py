@@ -42,10 +42,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from starling.proto import codec
 from starling.proto import community as com
@@ -83,6 +82,7 @@ from starling.proto.sync import (
     encode_live,
 )
 
+from .dial import dial_first
 from .gossip import GossipService
 from .session import Node, Session, SessionDown, SessionEvent, SessionUp, Stream, StreamClosed
 from .store import FeedRecord, MessageRef, Store
@@ -570,57 +570,19 @@ class Communities:
     async def _dial_hint(self, hint: com.PeerHint) -> Session | None:
         """A session with a link's peer: its direct addresses all at once; after a head
         start, its relays and (with a DHT) its peer record too; the first that works wins."""
-        node, loop = self.node, self._loop
+        node = self.node
         pid = PeerId(hint.peer_id)
         if pid == node.peer_id:
             return None
         existing = node.session_with(pid)
         if existing is not None:
             return existing
-
-        async def through(relay: bytes, address: tuple[str, int]) -> Session:
-            assert node.relay is not None
-            circuit = await node.relay.open_circuit([(relay, address)], pid.raw)
-            try:
-                return await node.connect_via(circuit, pid, 10.0)
-            except BaseException:
-                circuit.close()
-                raise
-
-        pending = {loop.create_task(node.connect(a, pid, timeout=5.0)) for a in hint.addresses}
-        later: list[Coroutine[Any, Any, Session]] = []
-        if node.relay is not None:
-            later += [through(relay, address) for relay, address in hint.relays]
-        if node.resolver is not None:
-            later.append(node.connect(pid, timeout=10.0))
-        winner: Session | None = None
-        head_start: float | None = node.config.direct_head_start if later else None
+        later = [lambda: node.connect(pid, timeout=10.0)] if node.resolver is not None else []
         try:
-            while winner is None and (pending or later):
-                if pending:
-                    done, pending = await asyncio.wait(
-                        pending, timeout=head_start, return_when=asyncio.FIRST_COMPLETED
-                    )
-                else:
-                    done = set()
-                for task in done:
-                    if not task.cancelled() and task.exception() is None:
-                        winner = task.result()
-                        break
-                if winner is None and (not done or not pending) and later:
-                    pending |= {loop.create_task(c) for c in later}
-                    later, head_start = [], None
-        finally:
-            for coro in later:
-                coro.close()
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(BaseException):
-                    other = await task
-                    if other is not winner:
-                        await other.close(ErrorCode.NO_ERROR, "another path won")
-        return winner
+            return await dial_first(node, pid, hint.addresses, hint.relays, 10.0, later)
+        except Exception as exc:  # this peer is out of reach: the link's others may do
+            log.info("invite peer %s out of reach: %s", pid, exc)
+            return None
 
     async def _wait_synced(
         self, key: bytes, sessions: list[Session], inviter: bytes | None = None

@@ -18,9 +18,11 @@ candidates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from starling.proto.dht import KIND_PEER, Record
 from starling.proto.errors import ErrorCode, NatError
@@ -63,6 +65,23 @@ async def connect_peer(
     if record.kind != KIND_PEER or record.signer_id != peer_id.raw:
         raise LookupError(f"not a peer record of {peer_id}")
     addresses, relays = dial_plan(record, time.time())
+    winner = await dial_first(node, peer_id, addresses, relays, timeout)
+    winner.path.relays = relays
+    return winner
+
+
+async def dial_first(
+    node: Node,
+    peer_id: PeerId,
+    addresses: Sequence[Address],
+    relays: Sequence[tuple[bytes, Address]],
+    timeout: float | None = None,
+    later: Sequence[Callable[[], Coroutine[Any, Any, Session]]] = (),
+) -> Session:
+    """The first session with ``peer_id`` that comes up: every direct address at once;
+    after the head start (or at once when they have all failed), every relay and the
+    ``later`` attempts too. Losers that came up anyway are closed: one session per peer
+    (spec/04, 8.2)."""
     loop = asyncio.get_running_loop()
     attempts: list[asyncio.Task[Session]] = [
         loop.create_task(node.connect(addr, peer_id=peer_id, timeout=timeout)) for addr in addresses
@@ -102,8 +121,11 @@ async def connect_peer(
         if attempts:
             winner = await first(loop.time() + node.config.direct_head_start)
         if winner is None:
-            for relay, address in relays:
-                task = loop.create_task(through(relay, address))
+            starts: list[Callable[[], Coroutine[Any, Any, Session]]] = [
+                functools.partial(through, r, a) for r, a in relays
+            ]
+            for start in [*starts, *later]:
+                task = loop.create_task(start())
                 attempts.append(task)
                 pending.add(task)
             winner = await first(None)
@@ -112,7 +134,6 @@ async def connect_peer(
             if not task.done():
                 task.cancel()
         for task in attempts:
-            # A losing attempt that completed too is closed: one session per peer (8.2).
             if (
                 task.done()
                 and not task.cancelled()
@@ -122,7 +143,6 @@ async def connect_peer(
                 await task.result().close(ErrorCode.NO_ERROR, "another path won")
     if winner is None:
         raise errors[-1] if errors else LookupError(f"{peer_id} has no address and no relay")
-    winner.path.relays = relays
     return winner
 
 
