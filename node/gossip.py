@@ -94,7 +94,7 @@ class GossipService:
         self.max_queued_frames = max_queued_frames
         self.stats: Counter[str] = Counter()
         self._links: dict[PeerId, _Link] = {}
-        self._opened: dict[Session, int] = {}  # gossip streams each session's peer opened
+        self._served: set[Session] = set()  # sessions whose peer has opened a gossip stream
         self._incoming: dict[Session, Stream] = {}  # the one open stream each peer opened
         self._last_heard_ms: dict[PeerId, int] = {}  # for the catch-up of a resumed session
         self._listeners: list[Callable[[GossipEvent], None]] = []
@@ -163,7 +163,7 @@ class GossipService:
         if isinstance(event, SessionUp):
             self._session_up(event.session)
         elif isinstance(event, SessionDown):
-            self._opened.pop(event.session, None)
+            self._served.discard(event.session)
             self._incoming.pop(event.session, None)
             link = self._links.get(event.session.peer_id)
             if link is not None and link.session is event.session:
@@ -221,8 +221,9 @@ class GossipService:
             stream.reset()  # a second stream while the first is open: keep the first [GSP-R3]
             return
         self._incoming[session] = stream
-        opened = self._opened[session] = self._opened.get(session, 0) + 1
-        if opened > 1 and peer in self._links:
+        replacement = session in self._served
+        self._served.add(session)
+        if replacement and peer in self._links:
             # A replacement: the peer's previous stream on this session ended, and what it
             # wrote there may be lost. Pull it, as on a new session [GSP-R64].
             now = self._loop.time()
