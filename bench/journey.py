@@ -300,6 +300,10 @@ def run(delay_ms: int = 20, messages: int = 100, workdir: Path | None = None) ->
         except BaseException:
             for person in [*people.values(), boot]:
                 sys.stderr.write(f"--- {person.name} log (tail) ---\n{person.log()[-3000:]}\n")
+                if person.node is not None:
+                    with contextlib.suppress(Exception):
+                        sys.stderr.write(f"--- {person.name} status ---\n")
+                        sys.stderr.write(json.dumps(person.status()) + "\n")
             raise
         finally:
             for person in [*people.values(), boot]:

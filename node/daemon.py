@@ -385,6 +385,12 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "host": jsonable(self.host.status()),
             "communities": len(communities),
+            # Diagnostics: what a failure report needs (nothing here is an interface).
+            "counters": {
+                "gossip": dict(self.host.gossip.stats),
+                "gossip_core": dict(self.host.gossip.core.stats),
+                "community": dict(self.communities.stats) if self.communities else {},
+            },
         }
 
     def start_status_line(self) -> None:
