@@ -37,6 +37,7 @@ from starling.proto.gossip import (
     Delivered,
     GossipConfig,
     GossipNode,
+    Message,
     MessageStore,
     PeerExchange,
     PeerMisbehaved,
@@ -123,6 +124,15 @@ class GossipService:
         message_id = self.core.publish(topic, data, self._loop.time())
         self._flush()
         return message_id
+
+    def accept_late(self, message: Message) -> bool:
+        """Accept a message the validator ignored while it could not judge it (a
+        dependency was missing), now that it can [GSP-R27]: keep, deliver, forward."""
+        if self._closed:
+            return False
+        accepted = self.core.accept_late(message, self._loop.time())
+        self._flush()
+        return accepted
 
     def add_listener(self, listener: Callable[[GossipEvent], None]) -> None:
         """Call ``listener`` with every event of the core (Delivered, PeerMisbehaved, ...)."""

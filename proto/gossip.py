@@ -603,12 +603,13 @@ class Delivered:
     """A message reached this node for the first time (never sent for own messages).
 
     ``via`` is ``"push"`` (an eager PUBLISH), ``"pull"`` (asked for after an IHAVE)
-    or ``"sync"`` (asked for during a catch-up)."""
+    or ``"sync"`` (asked for during a catch-up). ``from_peer`` is None for a message
+    accepted late [GSP-R27] whose sender is gone since."""
 
     topic: bytes
     message_id: bytes
     message: Message
-    from_peer: Peer
+    from_peer: Peer | None
     via: str
 
 
@@ -865,6 +866,9 @@ class _Sync:
 
 _MAX_ANNOUNCERS = 4
 _MAX_PULLED = 1024
+# Messages the validator ignored, remembered (ID, time, sender, way) in case the
+# application accepts them late [GSP-R27]; the bodies stay with the application.
+_MAX_IGNORED = 4096
 _MAX_SOURCES = 8
 
 
@@ -923,6 +927,7 @@ class GossipNode:
         self._deferred: list[tuple[float, bytes]] = []
         self._gap = cfg.pull_delay / 2
         self._pulled: OrderedDict[bytes, float] = OrderedDict()  # pulled ID -> first notice
+        self._ignored: OrderedDict[bytes, tuple[float, Peer, str]] = OrderedDict()
         self._events: deque[Event] = deque()
         self._handlers: dict[int, Callable[[_Peer, dict[str, codec.Value]], None]] = {
             SUBSCRIBE: self._on_subscribe,
@@ -1411,8 +1416,12 @@ class GossipNode:
             if decision is Verdict.IGNORE:
                 self.seen.add(mid, _IGNORED, now)
                 stats["ignored_by_validator"] += 1
+                # The application may accept it later, once it can judge it [GSP-R27].
+                self._ignored[mid] = (now, p.handle, self._via(p, want))
+                while len(self._ignored) > _MAX_IGNORED:
+                    self._ignored.popitem(last=False)
                 return
-        self._accept(message, p, want)
+        self._accept(message, p, self._via(p, want), want)
 
     def _wanted_topic(self, p: _Peer, topic: bytes, mid: bytes) -> bool:
         if topic in self._topics:
@@ -1438,25 +1447,49 @@ class GossipNode:
         if sources is not None and len(sources) < _MAX_SOURCES and handle not in sources:
             sources.append(handle)
 
-    def _accept(self, message: Message, p: _Peer, want: _Want | None) -> None:
-        """Keep, deliver once, forward [GSP-R22] [GSP-R23] [GSP-R24]."""
+    @staticmethod
+    def _via(p: _Peer, want: _Want | None) -> str:
+        """How a message came: pushed, pulled (an IWANT of ours), or by a catch-up."""
+        if want is not None and want.asked == p.handle:  # the answer to our IWANT
+            return "sync" if want.sync else "pull"
+        return "push"
+
+    def accept_late(self, message: Message, now: float) -> bool:
+        """The application accepts a message its validator ignored because it could not
+        judge it then (a dependency was missing) [GSP-R27]: keep it, deliver it and
+        forward it as if it had been accepted when it came, unless it is old news.
+        False when the message was not ignored by the validator lately, or is held."""
+        self._now = now
+        mid = message.id
+        late = self._ignored.pop(mid, None)
+        if late is None or self.store.has(mid) or self.seen.get(mid) not in (None, _IGNORED):
+            return False
+        received, handle, via = late
+        if now - received > self.config.seen_ttl or message.topic not in self._topics:
+            return False
+        self.stats["accepted_late"] += 1
+        self._accept(message, self._peers.get(handle), via, None)
+        return True
+
+    def _accept(self, message: Message, p: _Peer | None, via: str, want: _Want | None) -> None:
+        """Keep, deliver once, forward [GSP-R22] [GSP-R23] [GSP-R24]. ``p`` is the peer it
+        came from (None: gone since, for a message accepted late)."""
         now = self._now
         mid = message.id
         self.seen.add(mid, _ACCEPTED, now)
         self.store.add(message, now)
-        via = "push"
-        if want is not None and want.asked == p.handle:  # the answer to our IWANT
-            via = "sync" if want.sync else "pull"
         self.stats["delivered"] += 1
-        self._events.append(Delivered(message.topic, mid, message, p.handle, via))
+        source = None if p is None else p.handle
+        self._events.append(Delivered(message.topic, mid, message, source, via))
         state = self._topics.get(message.topic)
         if state is None:  # the validator unsubscribed
             return
         age = (now + self.epoch_offset) * 1000 - message.time_ms
         if via == "sync" or age > self.config.forward_max_age * 1000:
             return  # old news: delivered and kept, not pushed again [GSP-R24]
-        self._credit(state, message, p, want, via)
-        self._sources[mid] = [p.handle]
+        if p is not None:
+            self._credit(state, message, p, want, via)
+        self._sources[mid] = [] if source is None else [source]
         state.recent.append((now, mid))
         cfg = self.config
         large = len(message.raw) > cfg.large_message
@@ -1466,7 +1499,7 @@ class GossipNode:
         # Straight from its author: the second hop of the wave, relayed like the first
         # (flood publishing), to every mesh peer or every topic peer [GSP-R23].
         relay = None
-        if cfg.author_relay and not large and p.peer_id is not None:
+        if cfg.author_relay and not large and p is not None and p.peer_id is not None:
             relay = cfg.author_relay if p.peer_id == message.author_id else None
         if relay == "all":
             wide: Iterable[Peer] = self._topic_peers.get(message.topic, ())
@@ -1474,7 +1507,7 @@ class GossipNode:
             wide = state.mesh
         for handle in wide:
             q = self._peers[handle]
-            if handle == p.handle or q.graylisted or mid in q.dontwant:
+            if handle == source or q.graylisted or mid in q.dontwant:
                 continue
             # A mesh peer that choked us gets the ID instead of the body [GSP-R45].
             if handle in state.choked_by and relay is None:
@@ -1489,7 +1522,7 @@ class GossipNode:
             others = [
                 h
                 for h in self._topic_peers.get(message.topic, ())
-                if h not in state.mesh and h != p.handle and not self._peers[h].graylisted
+                if h not in state.mesh and h != source and not self._peers[h].graylisted
             ]
             lazy.extend(self._sample(others, cfg.lazy_fanout))
         # A message too large to push to anyone: say so, and the receiver pulls it without

@@ -630,6 +630,51 @@ def test_validator_reject_penalises_and_ignore_does_not() -> None:
     assert [e.message.data for e in events if isinstance(e, Delivered)] == [b"ok"]
 
 
+def test_an_ignored_message_accepted_late_is_kept_delivered_and_forwarded() -> None:
+    """GSP-R27: what the validator could not judge yet spreads on once it can."""
+    waiting = {b"second"}
+    node = lone_node(
+        validator=lambda m, peer: Verdict.IGNORE if m.data in waiting else Verdict.ACCEPT
+    )
+    with_peers(node, "p", "q")
+    second = sign_message(AUTHOR, TOPIC, 10_000, b"second")
+    first = sign_message(AUTHOR, TOPIC, 9_000, b"first")
+    node.receive("p", publish_frame(second), 1.0)
+    assert frames_to(node, "q") == [] and node.stats["ignored_by_validator"] == 1
+    events_of(node)
+    # Not a message the validator ignored: nothing to accept late.
+    assert not node.accept_late(sign_message(AUTHOR, TOPIC, 9_500, b"other"), 1.0)
+    node.receive("p", publish_frame(first), 1.5)
+    waiting.clear()  # what "second" waited for has come
+    assert node.accept_late(second, 1.5)
+    sent = [parse_message(f["message"]).data for k, f in frames_to(node, "q") if k == PUBLISH]  # type: ignore[index, arg-type]
+    assert sent == [b"first", b"second"]  # forwarded to the mesh, in that order
+    assert frames_to(node, "p") == []  # never back to the peer it came from
+    delivered = [e for e in events_of(node) if isinstance(e, Delivered)]
+    assert [(e.message.data, e.from_peer, e.via) for e in delivered] == [
+        (b"first", "p", "push"),
+        (b"second", "p", "push"),
+    ]
+    # Now held: served on IWANT, a duplicate if it comes again, not accepted twice.
+    assert not node.accept_late(second, 2.0)
+    node.receive("q", publish_frame(second), 2.0)
+    assert node.stats["publish_rx_duplicate"] == 1 and events_of(node) == []
+
+
+def test_a_message_accepted_late_after_a_catch_up_or_the_ttl_is_not_pushed() -> None:
+    """GSP-R27 with GSP-R24: late acceptance keeps old news old."""
+    node = lone_node(validator=lambda m, peer: Verdict.IGNORE)
+    with_peers(node, "p", "q")
+    old = sign_message(AUTHOR, TOPIC, 0, b"old")
+    node.receive("p", publish_frame(old), 200.0)  # dated 200 s ago
+    assert node.accept_late(old, 200.0)
+    assert [k for k, _ in frames_to(node, "q")] == []  # kept and delivered, not pushed
+    assert [e.via for e in events_of(node) if isinstance(e, Delivered)] == ["push"]
+    stale = sign_message(AUTHOR, TOPIC, 300_000, b"stale")
+    node.receive("p", publish_frame(stale), 300.0)
+    assert not node.accept_late(stale, 300.0 + 121.0)  # past the seen-cache's TTL
+
+
 def test_messages_dated_in_the_future_or_for_other_topics_are_ignored_without_blame() -> None:
     node = lone_node(GossipConfig(max_clock_skew=60.0))
     with_peers(node, "p", "q")
