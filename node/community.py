@@ -40,8 +40,9 @@ import functools
 import ipaddress
 import logging
 import os
+import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ MESSAGE_ID_SIZE = 48  # author key (32) || device (8) || seq (8)
 JOIN_TIMEOUT = 30.0
 JOIN_EARLY = 5.0
 PRESENCE_TTL = 600
+RESYNC_INTERVAL = 30.0
+MAX_DEFERRED = 1024  # live messages kept while their entries wait (at most 16 MiB)
 
 
 class ClientError(LocalProtocolError):
@@ -241,6 +244,8 @@ class Communities:
         self.clock = clock
         self.device = device
         self.presence_interval = 60.0
+        # A HAVE to one peer per community this often, whatever else happens [COM-R69].
+        self.resync_interval = RESYNC_INTERVAL
         self.stats: dict[str, int] = {}
         self._replicas: dict[bytes, Replica] = {}
         self._writers: dict[bytes, Feed] = {}
@@ -252,7 +257,11 @@ class Communities:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="starling-verify")
         self._presence_seen: dict[tuple[bytes, bytes], float] = {}  # (community, key)
+        # Live messages ignored while their entry waited (parents, a gap, a JOIN), by
+        # entry: accepted late, and so forwarded, once the entry is taken [COM-R67].
+        self._deferred: OrderedDict[bytes, GossipMessage] = OrderedDict()
         self._presence_task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         self._closed = False
         self._previous_validator = gossip.core.validator
         gossip.core.validator = self._validate
@@ -282,6 +291,7 @@ class Communities:
             self._peer(session)
         if dht is not None:
             self._presence_task = self._loop.create_task(self._presence_loop())
+        self._resync_task = self._loop.create_task(self._resync_loop())
         return self
 
     async def _load(self, key: bytes, name: str | None) -> Replica:
@@ -306,8 +316,9 @@ class Communities:
         if self._closed:
             return
         self._closed = True
-        if self._presence_task is not None:
-            self._presence_task.cancel()
+        for task in (self._presence_task, self._resync_task):
+            if task is not None:
+                task.cancel()
         for peer in list(self._peers.values()):
             peer.task.cancel()
         self._peers.clear()
@@ -870,6 +881,13 @@ class Communities:
     # -- intake: persist and announce ---------------------------------------------------------
 
     def _persist(self, key: bytes, replica: Replica, intake: Intake) -> None:
+        if self._deferred and (intake.authority or intake.feeds):
+            # Entries that waited and are taken now: their live messages spread on, after
+            # the message being validated, if one is [COM-R67] [GSP-R27].
+            for raw in (*intake.authority, *(e.raw for e in intake.feeds)):
+                message = self._deferred.pop(raw, None)
+                if message is not None:
+                    self._loop.call_soon(self.gossip.accept_late, message)
         if intake.authority:
             self._spawn(self.store.put_authority_entries(key, intake.authority, fsync=False))
         if intake.feeds:
@@ -896,7 +914,11 @@ class Communities:
             self._persist(key, replica, Intake(rejected=[(None, exc)]))
             return Verdict.REJECT
         intake = Intake()
-        verdict, _error = replica.take_live(kind, raw, self._now_ms(), intake)
+        verdict, error = replica.take_live(kind, raw, self._now_ms(), intake)
+        if verdict is LiveVerdict.IGNORE and (intake.missing or error is not None):
+            self._deferred[raw] = message
+            while len(self._deferred) > MAX_DEFERRED:
+                self._deferred.popitem(last=False)
         self._persist(key, replica, intake)
         if intake.missing and isinstance(peer, PeerId):
             self._request(key, peer)
@@ -910,7 +932,7 @@ class Communities:
     def _request(self, key: bytes, peer_id: PeerId) -> None:
         for session, peer in self._peers.items():
             if session.keys is not None and session.keys.peer_id == peer_id:
-                if peer.core.request(key):
+                if peer.core.request(key):  # or again after the DONE under way
                     peer.flush()
                 return
 
@@ -1036,13 +1058,34 @@ class Communities:
                 replica = self._replicas.get(event.community)
                 progressed = event.community in peer.progress
                 peer.progress.discard(event.community)
-                # Still missing parents after a round that brought something: ask again (a
-                # round that brought nothing would only repeat itself).
-                if progressed and replica is not None and replica.authority.missing():
+                # Still lacking something after a round that brought something: ask again
+                # [COM-R66] (a round that brought nothing would only repeat itself).
+                if progressed and replica is not None and replica.lacks():
                     peer.core.request(event.community)
         peer.flush()
 
     # -- presence -----------------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        """Periodic sync [COM-R69]: what neither gossip nor a noticed gap brought (an
+        entry whose only way here ran through a node that took it by sync) comes
+        within one period. The phase is random so that members do not ask at once."""
+        await asyncio.sleep(self.resync_interval * (0.5 + random.random()))
+        while not self._closed:
+            self.resync()
+            await asyncio.sleep(self.resync_interval * (0.75 + random.random() / 2))
+
+    def resync(self) -> int:
+        """Send our HAVE for each community to one peer holding it, chosen at random;
+        returns how many were sent."""
+        sent = 0
+        for key in list(self._replicas):
+            peers = [p for p in self._peers.values() if key in p.core.shared]
+            if peers and (peer := random.choice(peers)).core.request(key):
+                peer.flush()
+                sent += 1
+        self.stats["resync_have"] = self.stats.get("resync_have", 0) + sent
+        return sent
 
     async def _presence_loop(self) -> None:
         while not self._closed:

@@ -906,6 +906,10 @@ class FeedSet:
     def pending(self) -> list[bytes]:
         return [e.raw for w in self._pending.values() for e in w.values()]
 
+    def has_gaps(self) -> bool:
+        """Whether some entry waits for an earlier one of its feed (8.3)."""
+        return bool(self._pending)
+
     # -- reading --------------------------------------------------------------------------
 
     def messages(self, author: bytes) -> dict[bytes, Message]:

@@ -361,6 +361,12 @@ class Replica:
         while self.authority.next_event() is not None:  # a reload: nothing new
             pass
 
+    def lacks(self) -> bool:
+        """Whether this replica knows it lacks something a peer may hold [COM-R66]:
+        parents of pending authority entries, a gap in a feed, or the JOIN of a feed
+        entry's author."""
+        return bool(self.authority.missing()) or self.feeds.has_gaps() or bool(self._orphans)
+
     # -- what sync compares -------------------------------------------------------
 
     def have(self) -> list[Have]:
@@ -472,8 +478,8 @@ class Replica:
     def take_live(
         self, kind: int, raw: bytes, now_ms: int, intake: Intake
     ) -> tuple[LiveVerdict, StarlingError | None]:
-        """Judge and apply one live entry [COM-R67]: ACCEPT (applied, forward it),
-        IGNORE (a duplicate, or it cannot be judged yet: ``intake.missing`` says to sync)
+        """Judge and apply one live entry [COM-R67]: ACCEPT (applied or already held:
+        forward it), IGNORE (it cannot be judged yet: ``intake.missing`` says to sync)
         or REJECT (invalid: the sender is penalised)."""
         if kind == LIVE_AUTHORITY:
             result = self.authority.add(raw, now_ms)
@@ -484,7 +490,7 @@ class Replica:
                 intake.missing = True
                 return LiveVerdict.IGNORE, None
             if result.outcome is Outcome.DUPLICATE:
-                return LiveVerdict.IGNORE, None
+                return LiveVerdict.ACCEPT, None  # held (by sync, say): spread it on
             assert result.error is not None
             if result.code in _NOT_BLAME:
                 return LiveVerdict.IGNORE, result.error
@@ -509,7 +515,7 @@ class Replica:
             intake.missing = outcome is FeedOutcome.PENDING
             return LiveVerdict.IGNORE, result_f.error
         if outcome is FeedOutcome.DUPLICATE:
-            return LiveVerdict.IGNORE, None
+            return LiveVerdict.ACCEPT, None  # held (by sync, say): spread it on
         assert result_f.error is not None
         if result_f.code is ErrorCode.FEED_NOT_MEMBER:
             if result_f.entry_id is not None:
@@ -552,6 +558,9 @@ class SyncDone:
 SyncEvent = SyncReceived | SyncDone
 
 
+_TheirHave = tuple[Iterable[bytes], Mapping[tuple[bytes, bytes], int]]  # heads, lengths
+
+
 class SyncSession:
     """The sync state machine of one session (spec/06-community.md 9.2) [COM-R60].
 
@@ -579,6 +588,9 @@ class SyncSession:
         self._peer_holds: set[bytes] = set()
         self._have_sent: set[bytes] = set()
         self._asked: dict[bytes, int] = {}  # community -> DONEs we still expect
+        # Communities we learnt we lack something of while our HAVE was outstanding (its
+        # answer may predate that), with the peer's last HAVE if that is how [COM-R66].
+        self._again: dict[bytes, _TheirHave | None] = {}
         self._partial: dict[bytes, list[Have]] = {}
         self._invalid = 0
 
@@ -591,10 +603,16 @@ class SyncSession:
 
     def request(self, community: bytes) -> bool:
         """Send our HAVE for ``community`` if the peer holds it; False if it does not
-        (as far as we know), or a request is already outstanding."""
+        (as far as we know), or a request is already outstanding: then a new HAVE
+        follows its DONE if the replica still lacks something [COM-R66]."""
+        return self._request(community, None)
+
+    def _request(self, community: bytes, theirs: _TheirHave | None) -> bool:
         if community not in self._peer_holds or community not in self.replicas:
             return False
         if self._asked.get(community, 0) > 0:
+            if theirs is not None or community not in self._again:
+                self._again[community] = theirs
             return False
         self._send_have(community)
         return True
@@ -674,9 +692,16 @@ class SyncSession:
                     "COM-R65",
                 )
         else:
-            self._expect(message.community, "DONE")
-            self._asked[message.community] -= 1
-            self._events.append(SyncDone(message.community))
+            community = message.community
+            self._expect(community, "DONE")
+            self._asked[community] -= 1
+            self._events.append(SyncDone(community))
+            if self._asked[community] == 0 and community in self._again:
+                theirs = self._again.pop(community)
+                replica = self.replicas[community]
+                if replica.lacks() or (theirs is not None and replica.behind(*theirs)):
+                    self.stats["have_again"] = self.stats.get("have_again", 0) + 1
+                    self._send_have(community)
 
     def _expect(self, community: bytes, what: str) -> None:
         if self._asked.get(community, 0) <= 0 or community not in self.replicas:
@@ -706,7 +731,7 @@ class SyncSession:
         if community not in self._have_sent:
             self._send_have(community)
         elif replica.behind(parts[0].heads, lengths):
-            self.request(community)  # it holds what we lack: ask [COM-R66]
+            self._request(community, (parts[0].heads, lengths))  # it holds what we lack [COM-R66]
         authority, feeds = replica.lacking(parts[0].heads, lengths)
         self._send_entries(community, authority, feeds)
         self._out.append(Done(community).encode())

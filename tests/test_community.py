@@ -12,13 +12,16 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from starling.node import community as community_module
 from starling.node.community import Communities, CommunityEvent
 from starling.node.gossip import GossipService
 from starling.node.session import Node, NodeConfig
 from starling.node.store import Store
 from starling.proto import community as com
 from starling.proto.errors import ErrorCode
-from starling.proto.gossip import GossipConfig
+from starling.proto.gossip import Delivered, GossipConfig
 from starling.proto.identity import PrivateKey
 from starling.proto.sync import LIVE_AUTHORITY, LIVE_FEED, encode_live
 
@@ -498,5 +501,120 @@ def test_a_live_entry_with_unknown_parents_is_fetched_by_sync_not_blamed(tmp_pat
         finally:
             await owner.stop()
             await bob.stop()
+
+    run(main)
+
+
+def test_entries_that_waited_for_a_gap_spread_on_when_it_fills(tmp_path: Path) -> None:
+    """COM-R67 with GSP-R27: B gets the owner's posts in reverse order, so it can take
+    the later two only once the first has come; it then accepts their live messages
+    late and pushes them to C, which has no session with the owner and, holding no
+    gap of its own, would not know to ask for them."""
+
+    async def main() -> None:
+        owner, bob, carol = [
+            await Member(n, tmp_path).start() for n in ("g-owner", "g-bob", "g-carol")
+        ]
+        try:
+            cid = await owner.api.create("Out of order")
+            await owner.api.add_channel(cid, "general")
+            await bob.api.join(await owner.api.invite(cid), display_name="Bob")
+            await carol.api.join(await bob.api.invite(cid), display_name="Carol")
+            assert owner.node is not None and carol.node is not None
+            assert owner.node.session_with(carol.node.peer_id) is None
+            deliveries: list[Delivered] = []
+            assert carol.gossip is not None and owner.gossip is not None
+            carol.gossip.add_listener(
+                lambda e: deliveries.append(e) if isinstance(e, Delivered) else None
+            )
+            # The owner writes three posts without publishing them ...
+            held: list[tuple[int, bytes]] = []
+            owner.api._publish = lambda key_, kind, raw: held.append((kind, raw))  # type: ignore[method-assign]
+            for text in ("one", "two", "three"):
+                await owner.api.post(cid, "general", text)
+            del owner.api._publish
+            # ... then publishes them last first.
+            topic = com.CommunityId.parse(cid).topic(owner.node.config.network_id)
+            for kind, raw in reversed(held):
+                owner.gossip.publish(topic, encode_live(kind, raw))
+            await eventually(
+                lambda: _texts_now(carol, cid, "general")[-3:] == ["one", "two", "three"]
+            )
+            assert bob.gossip is not None and bob.gossip.core.stats["accepted_late"] >= 2
+            posts = [d for d in deliveries if d.message.author_id == owner.node.peer_id.raw]
+            assert [d.via for d in posts] == ["push"] * 3  # pushed by B, not fetched by sync
+        finally:
+            for m in (owner, bob, carol):
+                await m.stop()
+
+    run(main)
+
+
+def test_a_live_entry_already_taken_by_sync_still_spreads_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COM-R67: B takes the owner's post by sync before its live message comes; the live
+    message is then accepted (held, valid) and pushed on to C, whose only way to the
+    owner is B."""
+    monkeypatch.setattr(community_module, "RESYNC_INTERVAL", 3600.0)  # no periodic help
+
+    async def main() -> None:
+        owner, bob, carol = [
+            await Member(n, tmp_path).start() for n in ("s-owner", "s-bob", "s-carol")
+        ]
+        try:
+            cid = await owner.api.create("Sync first")
+            await owner.api.add_channel(cid, "general")
+            await bob.api.join(await owner.api.invite(cid), display_name="Bob")
+            await carol.api.join(await bob.api.invite(cid), display_name="Carol")
+            assert owner.node is not None and carol.node is not None and owner.gossip is not None
+            assert owner.node.session_with(carol.node.peer_id) is None
+            deliveries: list[Delivered] = []
+            assert carol.gossip is not None
+            carol.gossip.add_listener(
+                lambda e: deliveries.append(e) if isinstance(e, Delivered) else None
+            )
+            held: list[tuple[int, bytes]] = []
+            owner.api._publish = lambda key_, kind, raw: held.append((kind, raw))  # type: ignore[method-assign]
+            await owner.api.post(cid, "general", "sync brought it")
+            del owner.api._publish
+            key_ = com.CommunityId.parse(cid).raw
+            bob.api._request(key_, owner.node.peer_id)  # B's sync with the owner
+            await eventually(lambda: "sync brought it" in _texts_now(bob, cid, "general"))
+            assert "sync brought it" not in _texts_now(carol, cid, "general")
+            topic = com.CommunityId(key_).topic(owner.node.config.network_id)
+            ((kind, raw),) = held
+            owner.gossip.publish(topic, encode_live(kind, raw))
+            await eventually(lambda: "sync brought it" in _texts_now(carol, cid, "general"))
+            posts = [d for d in deliveries if d.message.author_id == owner.node.peer_id.raw]
+            assert [d.via for d in posts] == ["push"]  # pushed on by B
+        finally:
+            for m in (owner, bob, carol):
+                await m.stop()
+
+    run(main)
+
+
+def test_periodic_sync_brings_what_no_message_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COM-R69: an entry no live message announced (and no gap reveals) arrives by the
+    periodic HAVE."""
+    monkeypatch.setattr(community_module, "RESYNC_INTERVAL", 0.2)
+
+    async def main() -> None:
+        owner, bob = [await Member(n, tmp_path).start() for n in ("p-owner", "p-bob")]
+        try:
+            cid = await owner.api.create("Periodic")
+            await owner.api.add_channel(cid, "general")
+            await bob.api.join(await owner.api.invite(cid), display_name="Bob")
+            owner.api._publish = lambda key_, kind, raw: None  # type: ignore[method-assign]
+            await owner.api.post(cid, "general", "never published")
+            await eventually(lambda: "never published" in _texts_now(bob, cid, "general"))
+            # Either side's periodic HAVE does it: B asks, or B sees the owner's is longer.
+            assert sum(m.api.stats.get("resync_have", 0) for m in (owner, bob)) > 0
+        finally:
+            for m in (owner, bob):
+                await m.stop()
 
     run(main)

@@ -230,13 +230,16 @@ def test_live_entries_accept_ignore_and_reject() -> None:
     r = replica(base)
     from starling.proto.sync import Intake
 
-    # A feed entry from a member: accepted; again: ignored.
+    # A feed entry from a member: accepted. Again (say its live message comes after
+    # sync brought the entry): accepted to spread on, nothing taken twice [COM-R67].
     other = replica(base)
     raw = other.feeds.writer(ALICE, b"A" * 8).post(chan, "hi", T0 + 500)
     intake = Intake()
     assert r.take_live(LIVE_FEED, raw, NOW, intake)[0] is LiveVerdict.ACCEPT
     assert len(intake.feeds) == 1 and intake.changes[0].message.text == "hi"
-    assert r.take_live(LIVE_FEED, raw, NOW, Intake())[0] is LiveVerdict.IGNORE
+    again = Intake()
+    assert r.take_live(LIVE_FEED, raw, NOW, again)[0] is LiveVerdict.ACCEPT
+    assert not again and not again.changes
     # An authority entry whose parent we lack: ignored, and sync is asked for.
     a1 = com.profile(ALICE, COMMUNITY, other.authority.heads(), T0 + 600, "Al")
     other.take([a1.raw], [], NOW)
@@ -283,3 +286,39 @@ def test_a_have_larger_than_one_message_spans_several() -> None:
     full_side.hello(b"\x0a" * 16)
     pump(empty_side, full_side)
     assert empty_side.replicas[COMMUNITY].feeds.lengths() == r.feeds.lengths()
+
+
+def test_a_lack_learnt_while_a_have_is_outstanding_is_asked_for_after_its_done() -> None:
+    """COM-R66: the answer under way may predate what we learnt we lack; one more HAVE
+    follows its DONE (a lost wake-up would leave the gap until the next session)."""
+    from starling.proto.sync import Intake
+
+    base, chan = founded()
+    ra, rb = replica(base), replica(base)
+    sa, sb = SyncSession({COMMUNITY: ra}, 0.0), SyncSession({COMMUNITY: rb}, 0.0)
+    sa.hello(b"\x01" * 16)
+    sb.hello(b"\x02" * 16)
+    pump(sa, sb)
+    events(sa)
+    # A asks; B answers at once (nothing is lacking yet), the answer still on its way ...
+    assert sa.request(COMMUNITY)
+    for frame in sa.frames_to_send():
+        sb.receive(frame, 0.0, NOW)
+    answer = sb.frames_to_send()
+    assert [type(decode_message(f)).__name__ for f in answer] == ["Done"]  # nothing lacking
+    # ... when B writes three posts and the third reaches A live: a gap.
+    wb = rb.feeds.writer(BOB, b"B" * 8)
+    raws = [wb.post(chan, f"b{i}", T0 + 900 + i) for i in range(3)]
+    intake = Intake()
+    assert ra.take_live(LIVE_FEED, raws[2], NOW, intake)[0] is LiveVerdict.IGNORE
+    assert intake.missing and ra.lacks()
+    assert not sa.request(COMMUNITY)  # one HAVE outstanding at a time ...
+    for frame in answer:
+        sa.receive(frame, 0.0, NOW)
+    assert sa.stats["have_again"] == 1  # ... and another after its DONE
+    pump(sa, sb)
+    assert ra.feeds.lengths()[(BOB.public_key.raw, b"B" * 8)] == 3 and not ra.lacks()
+    # Nothing lacking any more: a request under way and a DONE do not ask again.
+    assert sa.request(COMMUNITY) and not sa.request(COMMUNITY)
+    pump(sa, sb)
+    assert sa.stats["have_again"] == 1
