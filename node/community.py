@@ -107,7 +107,7 @@ JOIN_TIMEOUT = 30.0
 JOIN_EARLY = 5.0
 PRESENCE_TTL = 600
 RESYNC_INTERVAL = 30.0
-MAX_DEFERRED = 1024  # live messages kept while their entries wait (at most 16 MiB)
+MAX_DEFERRED = 1024  # live messages kept while their entries wait
 
 
 class ClientError(LocalProtocolError):
@@ -259,7 +259,7 @@ class Communities:
         self._presence_seen: dict[tuple[bytes, bytes], float] = {}  # (community, key)
         # Live messages ignored while their entry waited (parents, a gap, a JOIN), by
         # entry: accepted late, and so forwarded, once the entry is taken [COM-R67].
-        self._deferred: OrderedDict[bytes, GossipMessage] = OrderedDict()
+        self._deferred: OrderedDict[bytes, tuple[float, GossipMessage]] = OrderedDict()
         self._presence_task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -885,9 +885,9 @@ class Communities:
             # Entries that waited and are taken now: their live messages spread on, after
             # the message being validated, if one is [COM-R67] [GSP-R27].
             for raw in (*intake.authority, *(e.raw for e in intake.feeds)):
-                message = self._deferred.pop(raw, None)
-                if message is not None:
-                    self._loop.call_soon(self.gossip.accept_late, message)
+                deferred = self._deferred.pop(raw, None)
+                if deferred is not None:
+                    self._loop.call_soon(self.gossip.accept_late, deferred[1])
         if intake.authority:
             self._spawn(self.store.put_authority_entries(key, intake.authority, fsync=False))
         if intake.feeds:
@@ -916,8 +916,12 @@ class Communities:
         intake = Intake()
         verdict, error = replica.take_live(kind, raw, self._now_ms(), intake)
         if verdict is LiveVerdict.IGNORE and (intake.missing or error is not None):
-            self._deferred[raw] = message
-            while len(self._deferred) > MAX_DEFERRED:
+            # Kept while gossip would still take it late (its seen-cache TTL), and bounded.
+            now = self._loop.time()
+            self._deferred[raw] = (now, message)
+            while len(self._deferred) > MAX_DEFERRED or (
+                next(iter(self._deferred.values()))[0] < now - self.gossip.core.config.seen_ttl
+            ):
                 self._deferred.popitem(last=False)
         self._persist(key, replica, intake)
         if intake.missing and isinstance(peer, PeerId):
