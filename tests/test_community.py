@@ -505,6 +505,44 @@ def test_a_live_entry_with_unknown_parents_is_fetched_by_sync_not_blamed(tmp_pat
     run(main)
 
 
+async def _in_a_line(
+    owner: Member, bob: Member, carol: Member, title: str
+) -> tuple[str, list[Delivered]]:
+    """B joins by the owner's invite and C by B's, so C's only way to the owner is B.
+    Returns the community and the list C's gossip deliveries go to."""
+    cid = await owner.api.create(title)
+    await owner.api.add_channel(cid, "general")
+    await bob.api.join(await owner.api.invite(cid), display_name="Bob")
+    await carol.api.join(await bob.api.invite(cid), display_name="Carol")
+    assert owner.node is not None and carol.node is not None and carol.gossip is not None
+    assert owner.node.session_with(carol.node.peer_id) is None
+    deliveries: list[Delivered] = []
+    carol.gossip.add_listener(lambda e: deliveries.append(e) if isinstance(e, Delivered) else None)
+    return cid, deliveries
+
+
+async def _post_unpublished(member: Member, cid: str, texts: list[str]) -> list[bytes]:
+    """Post without publishing; returns the live messages that were not published."""
+    held: list[bytes] = []
+    member.api._publish = lambda key_, kind, raw: held.append(encode_live(kind, raw))  # type: ignore[method-assign]
+    try:
+        for text in texts:
+            await member.api.post(cid, "general", text)
+    finally:
+        del member.api._publish
+    return held
+
+
+def _publish(member: Member, cid: str, live: bytes) -> None:
+    assert member.node is not None and member.gossip is not None
+    member.gossip.publish(com.CommunityId.parse(cid).topic(member.node.config.network_id), live)
+
+
+def _pushed_from(member: Member, deliveries: list[Delivered]) -> list[str]:
+    assert member.node is not None
+    return [d.via for d in deliveries if d.message.author_id == member.node.peer_id.raw]
+
+
 def test_entries_that_waited_for_a_gap_spread_on_when_it_fills(tmp_path: Path) -> None:
     """COM-R67 with GSP-R27: B gets the owner's posts in reverse order, so it can take
     the later two only once the first has come; it then accepts their live messages
@@ -512,37 +550,18 @@ def test_entries_that_waited_for_a_gap_spread_on_when_it_fills(tmp_path: Path) -
     gap of its own, would not know to ask for them."""
 
     async def main() -> None:
-        owner, bob, carol = [
-            await Member(n, tmp_path).start() for n in ("g-owner", "g-bob", "g-carol")
-        ]
+        names = ("g-owner", "g-bob", "g-carol")
+        owner, bob, carol = [await Member(n, tmp_path).start() for n in names]
         try:
-            cid = await owner.api.create("Out of order")
-            await owner.api.add_channel(cid, "general")
-            await bob.api.join(await owner.api.invite(cid), display_name="Bob")
-            await carol.api.join(await bob.api.invite(cid), display_name="Carol")
-            assert owner.node is not None and carol.node is not None
-            assert owner.node.session_with(carol.node.peer_id) is None
-            deliveries: list[Delivered] = []
-            assert carol.gossip is not None and owner.gossip is not None
-            carol.gossip.add_listener(
-                lambda e: deliveries.append(e) if isinstance(e, Delivered) else None
-            )
-            # The owner writes three posts without publishing them ...
-            held: list[tuple[int, bytes]] = []
-            owner.api._publish = lambda key_, kind, raw: held.append((kind, raw))  # type: ignore[method-assign]
-            for text in ("one", "two", "three"):
-                await owner.api.post(cid, "general", text)
-            del owner.api._publish
-            # ... then publishes them last first.
-            topic = com.CommunityId.parse(cid).topic(owner.node.config.network_id)
-            for kind, raw in reversed(held):
-                owner.gossip.publish(topic, encode_live(kind, raw))
+            cid, deliveries = await _in_a_line(owner, bob, carol, "Out of order")
+            held = await _post_unpublished(owner, cid, ["one", "two", "three"])
+            for live in reversed(held):  # last first
+                _publish(owner, cid, live)
             await eventually(
                 lambda: _texts_now(carol, cid, "general")[-3:] == ["one", "two", "three"]
             )
             assert bob.gossip is not None and bob.gossip.core.stats["accepted_late"] >= 2
-            posts = [d for d in deliveries if d.message.author_id == owner.node.peer_id.raw]
-            assert [d.via for d in posts] == ["push"] * 3  # pushed by B, not fetched by sync
+            assert _pushed_from(owner, deliveries) == ["push"] * 3  # by B, not by sync
         finally:
             for m in (owner, bob, carol):
                 await m.stop()
@@ -559,35 +578,18 @@ def test_a_live_entry_already_taken_by_sync_still_spreads_on(
     monkeypatch.setattr(community_module, "RESYNC_INTERVAL", 3600.0)  # no periodic help
 
     async def main() -> None:
-        owner, bob, carol = [
-            await Member(n, tmp_path).start() for n in ("s-owner", "s-bob", "s-carol")
-        ]
+        names = ("s-owner", "s-bob", "s-carol")
+        owner, bob, carol = [await Member(n, tmp_path).start() for n in names]
         try:
-            cid = await owner.api.create("Sync first")
-            await owner.api.add_channel(cid, "general")
-            await bob.api.join(await owner.api.invite(cid), display_name="Bob")
-            await carol.api.join(await bob.api.invite(cid), display_name="Carol")
-            assert owner.node is not None and carol.node is not None and owner.gossip is not None
-            assert owner.node.session_with(carol.node.peer_id) is None
-            deliveries: list[Delivered] = []
-            assert carol.gossip is not None
-            carol.gossip.add_listener(
-                lambda e: deliveries.append(e) if isinstance(e, Delivered) else None
-            )
-            held: list[tuple[int, bytes]] = []
-            owner.api._publish = lambda key_, kind, raw: held.append((kind, raw))  # type: ignore[method-assign]
-            await owner.api.post(cid, "general", "sync brought it")
-            del owner.api._publish
-            key_ = com.CommunityId.parse(cid).raw
-            bob.api._request(key_, owner.node.peer_id)  # B's sync with the owner
+            cid, deliveries = await _in_a_line(owner, bob, carol, "Sync first")
+            (live,) = await _post_unpublished(owner, cid, ["sync brought it"])
+            assert owner.node is not None
+            bob.api._request(com.CommunityId.parse(cid).raw, owner.node.peer_id)  # B syncs
             await eventually(lambda: "sync brought it" in _texts_now(bob, cid, "general"))
             assert "sync brought it" not in _texts_now(carol, cid, "general")
-            topic = com.CommunityId(key_).topic(owner.node.config.network_id)
-            ((kind, raw),) = held
-            owner.gossip.publish(topic, encode_live(kind, raw))
+            _publish(owner, cid, live)
             await eventually(lambda: "sync brought it" in _texts_now(carol, cid, "general"))
-            posts = [d for d in deliveries if d.message.author_id == owner.node.peer_id.raw]
-            assert [d.via for d in posts] == ["push"]  # pushed on by B
+            assert _pushed_from(owner, deliveries) == ["push"]  # pushed on by B
         finally:
             for m in (owner, bob, carol):
                 await m.stop()
@@ -608,8 +610,7 @@ def test_periodic_sync_brings_what_no_message_announced(
             cid = await owner.api.create("Periodic")
             await owner.api.add_channel(cid, "general")
             await bob.api.join(await owner.api.invite(cid), display_name="Bob")
-            owner.api._publish = lambda key_, kind, raw: None  # type: ignore[method-assign]
-            await owner.api.post(cid, "general", "never published")
+            await _post_unpublished(owner, cid, ["never published"])
             await eventually(lambda: "never published" in _texts_now(bob, cid, "general"))
             # Either side's periodic HAVE does it: B asks, or B sees the owner's is longer.
             assert sum(m.api.stats.get("resync_have", 0) for m in (owner, bob)) > 0
