@@ -107,6 +107,7 @@ JOIN_TIMEOUT = 30.0
 JOIN_EARLY = 5.0
 PRESENCE_TTL = 600
 RESYNC_INTERVAL = 30.0
+MEET_TARGET = 4  # members per community we seek sessions with through presence
 MAX_DEFERRED = 1024  # live messages kept while their entries wait
 
 
@@ -1095,7 +1096,27 @@ class Communities:
         while not self._closed:
             with contextlib.suppress(Exception):
                 await self.publish_presence()
+            with contextlib.suppress(Exception):
+                await self.meet_members()
             await asyncio.sleep(self.presence_interval)
+
+    async def meet_members(self) -> int:
+        """For each community in which we have sessions with fewer than ``MEET_TARGET``
+        members, dial members named by presence records [COM-R68]: members who joined
+        while we were away are otherwise met only through others. Returns new sessions."""
+        met = 0
+        for key, replica in list(self._replicas.items()):
+            if not replica.authority.state.is_member(self.key):
+                continue
+            with_members = {
+                s.keys.peer_id.raw
+                for s, p in self._peers.items()
+                if key in p.core.shared and not s.closed and s.keys is not None
+            }
+            if len(with_members) < MEET_TARGET:
+                met += len(await self._find_members(key))
+        self.stats["met_by_presence"] = self.stats.get("met_by_presence", 0) + met
+        return met
 
     async def publish_presence(self) -> int:
         """Put a presence record (DHT kind 4) for every community we are a member of."""

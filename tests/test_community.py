@@ -375,6 +375,50 @@ def test_a_joiner_finds_other_members_through_presence_records(tmp_path: Path) -
     run(main)
 
 
+def test_members_who_never_met_meet_through_presence(tmp_path: Path) -> None:
+    """COM-R68: M is offline while L joins; back, M knows only the owner, and meets L
+    through L's presence record (without that, all between them would pass the owner)."""
+    from starling.node.dht import DhtService
+
+    async def main() -> None:
+        owner, member, late = [
+            await Member(n, tmp_path).start() for n in ("m-owner", "m-member", "m-late")
+        ]
+        dhts: list[DhtService] = []
+
+        async def with_dht(m: Member) -> None:
+            assert m.node is not None and m.c is not None and owner.node is not None
+            dht = DhtService(m.identity, m.node.endpoint)
+            dhts.append(dht)
+            m.c.dht = dht
+            if m is not owner:
+                assert (await dht.bootstrap([owner.node.addresses[0]])).ok
+
+        try:
+            for m in (owner, member, late):
+                await with_dht(m)
+            cid = await owner.api.create("Met by presence")
+            await member.api.join(await owner.api.invite(cid))
+            await member.stop()
+            await late.api.join(await owner.api.invite(cid))
+            assert await late.api.publish_presence() == 1
+            await member.start()  # the same store: it knows the owner only
+            await with_dht(member)
+            assert member.node is not None and late.node is not None
+            await mesh([owner, member])
+            assert member.node.session_with(late.node.peer_id) is None
+            assert await member.api.meet_members() >= 1
+            assert member.node.session_with(late.node.peer_id) is not None
+            assert member.api.stats["met_by_presence"] >= 1
+        finally:
+            for m in (owner, member, late):
+                await m.stop()
+            for dht in dhts:
+                dht.close()
+
+    run(main)
+
+
 def test_the_community_benchmark_runs_quick(tmp_path: Path) -> None:
     """``python -m bench community --quick`` reports every figure (never judged here)."""
     import json
