@@ -36,10 +36,10 @@ from bench.gossip_models import HarnessParams, NodeSetup, message_index
 from starling.proto.gossip import (
     IHAVE,
     IWANT,
-    PUBLISH,
     Delivered,
     GossipConfig,
     GossipNode,
+    _publish_body,
     decode_message,
     message_id,
     topic_id,
@@ -80,23 +80,10 @@ TARGETS = {
 }
 
 
-_PUBLISH_HEAD = bytes((0xA2, 0x00, PUBLISH, 0x01))  # a map of 2: type PUBLISH, then key 1
-
-
 def _publish_raw(frame: bytes) -> bytes | None:
-    """The signed message inside a PUBLISH frame (``{0: 10, 1: bytes}``), else None."""
-    if len(frame) < 5 or frame[:4] != _PUBLISH_HEAD:
-        return None
-    head = frame[4]
-    if head == 0x58:
-        start, length = 6, frame[5]
-    elif head == 0x59:
-        start, length = 7, int.from_bytes(frame[5:7], "big")
-    elif 0x40 <= head < 0x58:
-        start, length = 5, head - 0x40
-    else:
-        return None
-    return frame[start : start + length]
+    """The signed message inside a PUBLISH frame (``{0: 10, 1: bytes, ? 3: hops}``), else None."""
+    fast = _publish_body(frame)
+    return None if fast is None else fast[0]
 
 
 class _Shared:
@@ -189,7 +176,7 @@ class StarlingSimCore:
         probe = self.setup.probe
         wave = not self._heartbeat_context
         for peer, frame in self.core.frames_to_send(now):
-            if frame[:4] == _PUBLISH_HEAD:
+            if _publish_body(frame) is not None:
                 probe.sent_payload(self.shared.payload_size(len(frame)))
             elif wave:
                 self._note_wave(frame, self.index_of[peer])
@@ -266,11 +253,15 @@ def starling_factory(config: GossipConfig | None = None, params: HarnessParams |
     """A harness core factory for Starling's gossip (one shared table per run)."""
     config = config or GossipConfig()
     sizes = (params or HarnessParams()).sizes
-    shared: dict[int, _Shared] = {}
+    # One table per run, told apart by the run's probe itself (not its id(), which a
+    # later run's probe may reuse once the earlier one is freed: a stale table would
+    # count the earlier run's announcements as this one's wave).
+    current: list[tuple[Any, _Shared]] = []
 
     def factory(setup: NodeSetup) -> StarlingSimCore:
-        table = shared.setdefault(id(setup.probe), _Shared(sizes))
-        return StarlingSimCore(setup, table, config)
+        if not current or current[0][0] is not setup.probe:
+            current[:] = [(setup.probe, _Shared(sizes))]
+        return StarlingSimCore(setup, current[0][1], config)
 
     return factory
 
@@ -477,6 +468,9 @@ def main(argv: list[str]) -> int:
                     "lazy_fanout",
                     "pull_delay",
                     "flood_publish",
+                    "author_relay",
+                    "quiet_hops",
+                    "silent_hops",
                 )
             },
             "gossipsub": gossip_models.GOSSIPSUB_V11.as_dict(),

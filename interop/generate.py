@@ -3629,7 +3629,7 @@ GOSSIP_NOTES = {
     "NotWellFormed": "Not well-formed CBOR, or CBOR outside the profile.",
     "Extensibility": "The even/odd rule for message types and keys (00-conventions 5.3, 5.4).",
     "Limits": "A size limit of 05-gossip.md 4.3 or 4.4: the message size, array lengths, "
-    "element sizes, the backoff range.",
+    "element sizes, the backoff range, the hop count range.",
     "Paging": "A catch-up answer that does not hold every remaining ID: a cursor follows.",
     "Network": "A network other than the public one.",
 }
@@ -3706,6 +3706,16 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     c.frames_to_send(0.0)
     c.receive("b", out["ihave"], 0.0)
     ((_, out["iwant"]),) = c.frames_to_send(0.0)
+    # A member with one mesh peer besides the author forwards the message: hop count 2.
+    fwd = gossip_core(seed("gossip/forwarder"), "forwarder")
+    fwd.subscribe(topic, 0.0)
+    for peer in ("a", "h"):
+        fwd.add_peer(peer, 0.0)
+        fwd.receive(peer, gossip_frame({0: 2, 1: [topic]}), 0.0)
+        fwd.receive(peer, gossip_frame({0: 6, 1: topic}), 0.0)
+    fwd.frames_to_send(0.0)
+    fwd.receive("a", out["publish"], 0.0)
+    ((_, out["publish-forwarded"]),) = [(p, f) for p, f in fwd.frames_to_send(0.0) if p == "h"]
     # A member that joins late catches up with b.
     late = gossip_core(seed("gossip/late"), "late")
     late.subscribe(topic, 0.0)
@@ -4002,8 +4012,14 @@ def gossip_suite() -> VectorFile:
          None, ["Boundary", "Seeded"], "GSP-R2"),
         ("PRUNE with backoff 0 (refusing a GRAFT for a topic not taken part in)",
          {0: 8, 1: topic, 2: 0}, None, ["Boundary"], "GSP-R2"),
-        ("05-gossip.md 4.5: PUBLISH of the worked example, by its author",
-         {0: 10, 1: spec_raw}, "publish", ["SpecExample", "Live"], "GSP-R2"),
+        ("05-gossip.md 4.5: PUBLISH of the worked example, by its author: hop count 1",
+         {0: 10, 1: spec_raw, 3: 1}, "publish", ["SpecExample", "Live"], "GSP-R28"),
+        ("PUBLISH of the worked example forwarded by a member: hop count 2",
+         {0: 10, 1: spec_raw, 3: 2}, "publish-forwarded", ["Live"], "GSP-R28"),
+        ("PUBLISH without a hop count (a revision 6 sender)", {0: 10, 1: spec_raw}, None,
+         [], "GSP-R28"),
+        ("PUBLISH with hop count 255, where it saturates", {0: 10, 1: spec_raw, 3: 255}, None,
+         ["Boundary"], "GSP-R28"),
         ("05-gossip.md 4.5: IHAVE of the worked example, announced to a mesh peer at once",
          {0: 12, 1: topic, 2: [mid]}, "ihave", ["SpecExample", "Live"], "GSP-R2"),
         ("IHAVE of 1024 IDs", {0: 12, 1: topic, 2: ids}, None, ["Boundary", "Seeded"], "GSP-R2"),
@@ -4097,6 +4113,18 @@ def gossip_suite() -> VectorFile:
          3: [7]}), ["Structure"], "GSP-R2", "SCHEMA_TYPE", None),
         ("PUBLISH whose message is a text string", gossip_frame({0: 10, 1: "hello"}),
          ["Structure"], "MSG-R1", "SCHEMA_TYPE", None),
+        ("PUBLISH with hop count 0", gossip_frame({0: 10, 1: spec_raw, 3: 0}), ["Limits"],
+         "GSP-R28", "SCHEMA_VALUE", None),
+        ("PUBLISH with hop count 256", gossip_frame({0: 10, 1: spec_raw, 3: 256}), ["Limits"],
+         "GSP-R28", "SCHEMA_VALUE", None),
+        ("PUBLISH with hop count 2**64-1", gossip_frame({0: 10, 1: spec_raw, 3: 2**64 - 1}),
+         ["Limits"], "GSP-R28", "SCHEMA_VALUE", None),
+        ("PUBLISH with a negative hop count", gossip_frame({0: 10, 1: spec_raw, 3: -1}),
+         ["Limits"], "GSP-R28", "SCHEMA_VALUE", None),
+        ("PUBLISH whose hop count is a byte string", gossip_frame({0: 10, 1: spec_raw,
+         3: b"\x01"}), ["Structure"], "GSP-R28", "SCHEMA_TYPE", None),
+        ("PUBLISH with hop count 7 in a non-shortest head", gossip_frame({0: 10, 1: spec_raw,
+         3: 7})[:-1] + b"\x18\x07", ["NotWellFormed"], "GSP-R28", "CBOR_NON_SHORTEST", None),
         ("SUBSCRIBE of 65 topics", gossip_frame({0: 2, 1: [*topics, topic]}), ["Limits"],
          "MSG-R1", "SCHEMA_VALUE", None),
         ("SUBSCRIBE whose topic list is a byte string", gossip_frame({0: 2, 1: topic}),
@@ -4218,10 +4246,10 @@ SPEC_GOSSIP = {
     "9935b07d660e3ad156b2983588b4d90122cd6486e96bfc1903e108d9e9f4fdd083d73a08ea01",
     "id": "994be8e110477a55867c34e896d2c7b5bbb690c525d9e013de49b5c4192c6c65",
     "subscribe": "a20002018158206e393f1229eaad2719536a984cc96af6e88586bf421a9c6b15fe264c962c43ad",
-    "publish": "a2000a0158aaa3015820d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f70751"
+    "publish": "a3000a0158aaa3015820d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f70751"
     "1a025840a30158206e393f1229eaad2719536a984cc96af6e88586bf421a9c6b15fe264c962c43ad021b0000018b"
     "cfe56800035068656c6c6f2c20636f6d6d756e697479035840cbdc4e0e486816592e2328b2b4223fb75451340f40"
-    "48473fc6819935b07d660e3ad156b2983588b4d90122cd6486e96bfc1903e108d9e9f4fdd083d73a08ea01",
+    "48473fc6819935b07d660e3ad156b2983588b4d90122cd6486e96bfc1903e108d9e9f4fdd083d73a08ea010301",
     "ihave": "a3000c0158206e393f1229eaad2719536a984cc96af6e88586bf421a9c6b15fe264c962c43ad02815820"
     "994be8e110477a55867c34e896d2c7b5bbb690c525d9e013de49b5c4192c6c65",
 }

@@ -23,7 +23,12 @@ Delivery has three paths, from fastest to most complete:
   first, and CHOKEs the others: they send it IDs at once instead of bodies
   [GSP-R45] [GSP-R46]. Own messages go to every topic peer (flood publishing),
   and a small message received straight from its author is relayed the same
-  way (author relay), so the first two hops are wide [GSP-R23];
+  way (author relay), so the first two hops are wide [GSP-R23]. A PUBLISH
+  carries a hop count (not signed); a copy that came ``quiet_hops`` (6) links
+  is announced instead of pushed, and one that came ``silent_hops`` (8) only at
+  heartbeats, so
+  that long chains of fast links do not make long first-delivery paths
+  [GSP-R28] [GSP-R29];
 * **lazy pull**: IDs are announced (IHAVE) at once to the choked mesh peers and
   to ``lazy_fanout`` peers outside the mesh, and at each heartbeat to D_lazy
   more; a node that hears of an ID from a peer that is not an eager link waits
@@ -149,6 +154,7 @@ MAX_TOPICS = 64  # topics in one SUBSCRIBE or UNSUBSCRIBE
 MAX_PX = 16  # peer hints in one PRUNE
 MAX_HINT = 1024  # bytes in one peer hint
 MAX_BACKOFF = 3600  # seconds
+MAX_HOPS = 255  # the hop count of a PUBLISH saturates here [GSP-R28]
 
 # Message types (key 0). Even types must be understood; IDONTWANT is odd because a
 # receiver that ignores it still behaves correctly (it only saves bandwidth) [MSG-R4].
@@ -187,7 +193,11 @@ _FIELDS: dict[int, tuple[codec.Field, ...]] = {  # spec/05-gossip.md, section 4 
         codec.Field(2, "backoff", int, minimum=0, maximum=MAX_BACKOFF),
         codec.Field(3, "px", list, required=False, max_size=MAX_PX),
     ),
-    PUBLISH: (_TYPE, codec.Field(1, "message", bytes)),
+    PUBLISH: (
+        _TYPE,
+        codec.Field(1, "message", bytes),
+        codec.Field(3, "hops", int, required=False, minimum=1, maximum=MAX_HOPS),
+    ),
     IHAVE: (
         _TYPE,
         _TOPIC,
@@ -245,18 +255,32 @@ def _check_blobs(items: list[codec.Value], size: int | None, limit: int | None, 
             raise _element_fault(ErrorCode.SCHEMA_VALUE, f"{what}[{i}] exceeds {limit} bytes")
 
 
-_PUBLISH_HEAD = b"\xa2\x00\x0a\x01"  # {0: 10, 1: ...
+_PUBLISH_HEAD = b"\x00\x0a\x01"  # after the map head: {0: 10, 1: ...
 
 
-def _publish_body(frame: bytes) -> bytes | None:
-    """The signed message of a canonical PUBLISH ``{0: 10, 1: bstr}``, or None.
+def _publish_body(frame: bytes) -> tuple[bytes, int | None] | None:
+    """The signed message and hop count of a canonical PUBLISH, or None.
 
-    PUBLISH is most of what a node receives, so it skips the general decoder: the
-    bytes accepted here are exactly the canonical encodings of such a map, which the
-    general decoder accepts too; anything else takes the general path.
+    ``{0: 10, 1: bstr}`` or ``{0: 10, 1: bstr, 3: uint}`` with the hop count in
+    1 ... 255. PUBLISH is most of what a node receives, so it skips the general
+    decoder: the bytes accepted here are exactly the canonical encodings of such a
+    map, which the general decoder accepts too; anything else takes the general path.
     """
     size = len(frame)
-    if size > MAX_FRAME or size < 5 or frame[:4] != _PUBLISH_HEAD:
+    if size > MAX_FRAME or size < 5 or frame[1:4] != _PUBLISH_HEAD:
+        return None
+    pairs = frame[0]
+    if pairs == 0xA2:
+        tail = 0
+    elif pairs == 0xA3 and size >= 7:
+        # The hop count ends the frame: 03 then a uint of one or two bytes.
+        if frame[-2] == 0x03 and 0x01 <= frame[-1] <= 0x17:
+            tail, hops = 2, frame[-1]
+        elif frame[-3] == 0x03 and frame[-2] == 0x18 and frame[-1] >= 24:
+            tail, hops = 3, frame[-1]
+        else:
+            return None
+    else:
         return None
     head = frame[4]
     if 0x40 <= head <= 0x57:
@@ -267,9 +291,19 @@ def _publish_body(frame: bytes) -> bytes | None:
         start, length = 7, (frame[5] << 8) | frame[6]
     else:
         return None
-    if start + length != size:
+    if start + length + tail != size:
         return None
-    return bytes(frame[start:])
+    return bytes(frame[start : size - tail]), (hops if tail else None)
+
+
+def _with_hops(frame: bytes, hops: int) -> bytes:
+    """A PUBLISH ``{0: 10, 1: bstr}`` with the hop count appended as key 3 [GSP-R28]."""
+    hops = min(hops, MAX_HOPS)
+    return (
+        b"\xa3"
+        + frame[1:]
+        + (b"\x03" + bytes((hops,)) if hops < 24 else b"\x03\x18" + bytes((hops,)))
+    )
 
 
 def decode_message(frame: bytes) -> tuple[int, dict[str, codec.Value] | None]:
@@ -278,9 +312,12 @@ def decode_message(frame: bytes) -> tuple[int, dict[str, codec.Value] | None]:
     An unknown odd type gives ``(type, None)``: the message is ignored [MSG-R3].
     Raises CodecError (``CBOR_*``, ``SCHEMA_*``) for everything else that is wrong.
     """
-    body = _publish_body(frame)
-    if body is not None:
-        return PUBLISH, {"type": PUBLISH, "message": body}
+    fast = _publish_body(frame)
+    if fast is not None:
+        body, hops = fast
+        if hops is None:
+            return PUBLISH, {"type": PUBLISH, "message": body}
+        return PUBLISH, {"type": PUBLISH, "message": body, "hops": hops}
     message = codec.decode(frame, FRAME_LIMITS)
     kind = codec.dispatch(message, _KNOWN, "gossip message")
     if kind is None:
@@ -692,6 +729,12 @@ class GossipConfig:
     # IDs of a forwarded message go at once to this many topic peers outside the mesh
     # too (besides the choked mesh peers) [GSP-R23].
     lazy_fanout: int = 8
+    # By hop count [GSP-R29]: a message whose copy came ``quiet_hops`` links or more from
+    # its author is pushed to nobody (the peers it would have gone to get its ID at once),
+    # and one that came ``silent_hops`` links or more is announced at heartbeats only.
+    # None: no such limit.
+    quiet_hops: int | None = 6
+    silent_hops: int | None = 8
     # A small message received straight from its author (the session's peer ID is the
     # author's) is pushed to every mesh peer, choked or not ("mesh"), or to every topic
     # peer ("all"), like the author's own flood publishing; None: as any other [GSP-R23].
@@ -927,7 +970,10 @@ class GossipNode:
         self._deferred: list[tuple[float, bytes]] = []
         self._gap = cfg.pull_delay / 2
         self._pulled: OrderedDict[bytes, float] = OrderedDict()  # pulled ID -> first notice
-        self._ignored: OrderedDict[bytes, tuple[float, Peer, str]] = OrderedDict()
+        self._ignored: OrderedDict[bytes, tuple[float, Peer, str, int | None]] = OrderedDict()
+        # Recent IDs (those of ``_sources``): the hop count of the copy that brought
+        # each, None when it carried none [GSP-R28].
+        self._hops: dict[bytes, int | None] = {}
         self._events: deque[Event] = deque()
         self._handlers: dict[int, Callable[[_Peer, dict[str, codec.Value]], None]] = {
             SUBSCRIBE: self._on_subscribe,
@@ -1154,6 +1200,7 @@ class GossipNode:
             del self._syncs[key]
         for _, mid in state.recent:
             self._sources.pop(mid, None)
+            self._hops.pop(mid, None)
         self.store.drop_topic(topic)
 
     def publish(self, topic: bytes, data: bytes, now: float, time_ms: int | None = None) -> bytes:
@@ -1179,12 +1226,14 @@ class GossipNode:
             targets = list(state.mesh)
         else:  # no mesh (yet): up to D peers of the topic
             targets = self._shuffled(self._topic_peers.get(topic, ()))[: self.config.d]
+        frame = _with_hops(message.frame, 1)  # the first link [GSP-R28]
         for handle in targets:
             p = self._peers[handle]
             if not p.graylisted:
-                self._send(p, PUBLISH, message.frame)
+                self._send(p, PUBLISH, frame)
         if state is not None:
             state.recent.append((now, message.id))
+            self._hops[message.id] = 0
         return message.id
 
     def catch_up(self, peer: Peer, topic: bytes, since_ms: int, now: float) -> bool:
@@ -1350,6 +1399,7 @@ class GossipNode:
             return
         p.tokens -= 1.0
         raw = cast(bytes, fields["message"])
+        hops = cast(int | None, fields.get("hops"))
         stats = self.stats
         stats["publish_rx"] += 1
         mid = message_id(raw)
@@ -1417,11 +1467,11 @@ class GossipNode:
                 self.seen.add(mid, _IGNORED, now)
                 stats["ignored_by_validator"] += 1
                 # The application may accept it later, once it can judge it [GSP-R27].
-                self._ignored[mid] = (now, p.handle, self._via(p, want))
+                self._ignored[mid] = (now, p.handle, self._via(p, want), hops)
                 while len(self._ignored) > _MAX_IGNORED:
                     self._ignored.popitem(last=False)
                 return
-        self._accept(message, p, self._via(p, want), want)
+        self._accept(message, p, self._via(p, want), want, hops)
 
     def _wanted_topic(self, p: _Peer, topic: bytes, mid: bytes) -> bool:
         if topic in self._topics:
@@ -1464,16 +1514,24 @@ class GossipNode:
         late = self._ignored.pop(mid, None)
         if late is None or self.store.has(mid) or self.seen.get(mid) not in (None, _IGNORED):
             return False
-        received, handle, via = late
+        received, handle, via, hops = late
         if now - received > self.config.seen_ttl or message.topic not in self._topics:
             return False
         self.stats["accepted_late"] += 1
-        self._accept(message, self._peers.get(handle), via, None)
+        self._accept(message, self._peers.get(handle), via, None, hops)
         return True
 
-    def _accept(self, message: Message, p: _Peer | None, via: str, want: _Want | None) -> None:
+    def _accept(
+        self,
+        message: Message,
+        p: _Peer | None,
+        via: str,
+        want: _Want | None,
+        hops: int | None = None,
+    ) -> None:
         """Keep, deliver once, forward [GSP-R22] [GSP-R23] [GSP-R24]. ``p`` is the peer it
-        came from (None: gone since, for a message accepted late)."""
+        came from (None: gone since, for a message accepted late); ``hops`` the hop
+        count its copy carried [GSP-R28]."""
         now = self._now
         mid = message.id
         self.seen.add(mid, _ACCEPTED, now)
@@ -1490,10 +1548,18 @@ class GossipNode:
         if p is not None:
             self._credit(state, message, p, want, via)
         self._sources[mid] = [] if source is None else [source]
+        self._hops[mid] = hops
         state.recent.append((now, mid))
         cfg = self.config
         large = len(message.raw) > cfg.large_message
         degree = cfg.eager_degree_large if large else cfg.eager_degree
+        # Late in the wave, a message is pushed to nobody (the peers it would have gone to
+        # get its ID at once, and its eager links pull it at once); later still, only
+        # heartbeats announce it: the long chains of fast links end here [GSP-R29].
+        quiet = silent = False
+        if hops is not None:
+            quiet = cfg.quiet_hops is not None and hops >= cfg.quiet_hops
+            silent = cfg.silent_hops is not None and hops >= cfg.silent_hops
         eager: list[Peer] = []
         lazy: list[Peer] = []
         # Straight from its author: the second hop of the wave, relayed like the first
@@ -1510,7 +1576,7 @@ class GossipNode:
             if handle == source or q.graylisted or mid in q.dontwant:
                 continue
             # A mesh peer that choked us gets the ID instead of the body [GSP-R45].
-            if handle in state.choked_by and relay is None:
+            if quiet or (handle in state.choked_by and relay is None):
                 lazy.append(handle)
             else:
                 eager.append(handle)
@@ -1528,11 +1594,15 @@ class GossipNode:
         # A message too large to push to anyone: say so, and the receiver pulls it without
         # waiting for an eager copy [GSP-R33].
         key = (message.topic, large and degree == 0)
+        if silent:
+            lazy = []
         for handle in lazy:
             self._announce.setdefault(handle, {}).setdefault(key, []).append(mid)
         self.stats["announced_ids"] += len(lazy)
-        for handle in eager:
-            self._send(self._peers[handle], PUBLISH, message.frame)
+        if eager:
+            frame = message.frame if hops is None else _with_hops(message.frame, hops + 1)
+            for handle in eager:
+                self._send(self._peers[handle], PUBLISH, frame)
         self.stats["forwarded"] += len(eager)
 
     def _credit(
@@ -1663,7 +1733,9 @@ class GossipNode:
                 self.stats["rejected_GOSSIP_IWANT_LIMIT"] += 1
                 continue
             p.served[mid] = count + 1
-            self._send(p, PUBLISH, message.frame)
+            hops = self._hops.get(mid)
+            frame = message.frame if hops is None else _with_hops(message.frame, hops + 1)
+            self._send(p, PUBLISH, frame)
             self.stats["served"] += 1
 
     def _on_idontwant(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
@@ -1933,7 +2005,9 @@ class GossipNode:
         horizon = now - self.config.gossip_window
         ids = [mid for at, mid in recent if at > horizon]
         while recent and recent[0][0] <= horizon:
-            self._sources.pop(recent.popleft()[1], None)
+            old = recent.popleft()[1]
+            self._sources.pop(old, None)
+            self._hops.pop(old, None)
         if not ids:
             return
         candidates = [

@@ -1154,3 +1154,144 @@ def test_a_small_message_from_its_author_is_relayed_to_every_topic_peer() -> Non
     big = sign_message(AUTHOR, TOPIC, 2, bytes(4000))
     node.receive("author", publish_frame(big), 0.0)
     assert PUBLISH not in [decode_message(f)[0] for _, f in node.frames_to_send(0.0)]
+
+
+# ----------------------------------------------------------------------------- hop counts
+
+
+def hop_frame(message: Message, hops: object) -> bytes:
+    return codec.encode({0: PUBLISH, 1: message.raw, 3: hops})  # type: ignore[dict-item]
+
+
+def test_a_publish_carries_its_hop_count_and_each_forwarder_adds_one() -> None:
+    node = lone_node(GossipConfig(eager_max=None, lazy_fanout=0, quiet_hops=None, silent_hops=None))
+    with_peers(node, "src", "a")
+    node.publish(TOPIC, b"own", 0.0)
+    (own,) = [decode_message(f)[1] for dst, f in node.frames_to_send(0.0) if dst == "a"]
+    assert own is not None and own["hops"] == 1  # the first link
+    for sent, forwarded in ((1, 2), (3, 4), (254, 255), (255, 255)):
+        message = sign_message(AUTHOR, TOPIC, sent, b"relayed")
+        node.receive("src", hop_frame(message, sent), 0.0)
+        (fields,) = [decode_message(f)[1] for dst, f in node.frames_to_send(0.0) if dst == "a"]
+        assert fields == {"type": PUBLISH, "message": message.raw, "hops": forwarded}
+    # A copy without a hop count (an older node's) is passed on without one.
+    plain = sign_message(AUTHOR, TOPIC, 1000, b"from an older node")
+    node.receive("src", publish_frame(plain), 0.0)
+    assert [f for dst, f in node.frames_to_send(0.0) if dst == "a"] == [plain.frame]
+    # An IWANT is answered with the hop count the requester's copy will have.
+    counted = sign_message(AUTHOR, TOPIC, 1001, b"asked for")
+    node.receive("src", hop_frame(counted, 5), 0.0)
+    node.frames_to_send(0.0)
+    node.add_peer("asker", 0.0)
+    node.frames_to_send(0.0)  # its SUBSCRIBE
+    node.receive("asker", codec.encode({0: IWANT, 1: [counted.id, plain.id]}), 0.0)
+    answers = [decode_message(f)[1] for dst, f in node.frames_to_send(0.0) if dst == "asker"]
+    assert answers == [
+        {"type": PUBLISH, "message": counted.raw, "hops": 6},
+        {"type": PUBLISH, "message": plain.raw},
+    ]
+
+
+def test_a_message_late_in_its_wave_is_announced_not_pushed_and_later_not_at_once() -> None:
+    config = GossipConfig(eager_max=None, lazy_fanout=1, quiet_hops=6, silent_hops=7, d_low=2, d=3)
+    node = lone_node(config)
+    with_peers(node, "src", "a", "b")
+    node.add_peer("x", 0.0)  # a topic peer outside the mesh
+    node.receive("x", codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    node.frames_to_send(0.0)
+    sent_at_once = {}
+    for hops in (5, 6, 7, 40):
+        message = sign_message(AUTHOR, TOPIC, hops, b"small")
+        node.receive("src", hop_frame(message, hops), 0.0)
+        sent_at_once[hops] = {dst: decode_message(f)[0] for dst, f in node.frames_to_send(0.0)}
+    assert sent_at_once == {
+        5: {"a": PUBLISH, "b": PUBLISH, "x": IHAVE},
+        6: {"a": IHAVE, "b": IHAVE, "x": IHAVE},  # the mesh hears of it at once
+        7: {},  # past the wave's last hop: heartbeats announce it
+        40: {},
+    }
+    node.handle_timer(1.0)
+    (ihave,) = [decode_message(f)[1] for dst, f in node.frames_to_send(1.0) if dst == "x"]
+    assert ihave is not None and len(ihave["ids"]) == 4  # type: ignore[arg-type]
+    # Without a hop count a node cannot tell how late it is: it pushes as usual.
+    plain = sign_message(AUTHOR, TOPIC, 100, b"no count")
+    node.receive("src", publish_frame(plain), 1.0)
+    sent = {dst: decode_message(f)[0] for dst, f in node.frames_to_send(1.0)}
+    assert sent == {"a": PUBLISH, "b": PUBLISH, "x": IHAVE}
+
+
+def test_a_late_message_announced_by_an_eager_link_is_pulled_at_once() -> None:
+    net = Net()
+    config = GossipConfig(quiet_hops=1, silent_hops=2, lazy_fanout=0, d_low=1, d=1, d_high=2)
+    for name in ("author", "relay", "tail"):
+        net.add(name, config)
+    net.connect("author", "relay")
+    net.connect("relay", "tail")
+    net.run(1.5)
+    mid = net.publish("author", b"two hops")
+    net.run(0.5)
+    (delivery,) = net.delivered("tail")
+    assert delivery.message_id == mid and delivery.via == "pull"  # relay (hop 1) announced
+    kinds_sent = [
+        decode_message(f)[0] for src, dst, f in net.sent if (src, dst) == ("relay", "tail")
+    ]
+    assert IHAVE in kinds_sent and kinds_sent.count(PUBLISH) == 1  # the answer only
+    assert net.nodes["tail"].stats["publish_rx"] == 1
+
+
+@pytest.mark.parametrize(
+    ("hops", "code"),
+    [
+        (0, ErrorCode.SCHEMA_VALUE),
+        (256, ErrorCode.SCHEMA_VALUE),
+        (2**64 - 1, ErrorCode.SCHEMA_VALUE),
+        (-1, ErrorCode.SCHEMA_VALUE),
+        (b"\x01", ErrorCode.SCHEMA_TYPE),
+        (True, ErrorCode.SCHEMA_TYPE),
+    ],
+)
+def test_an_absurd_hop_count_is_refused_and_penalised_and_poisons_nothing(
+    hops: object, code: ErrorCode
+) -> None:
+    node = lone_node(GossipConfig(eager_max=None, lazy_fanout=0))
+    with_peers(node, "evil", "honest", "a")
+    message = sign_message(AUTHOR, TOPIC, 0, b"a message with a lying hop count")
+    with pytest.raises(CodecError) as caught:
+        decode_message(hop_frame(message, hops))
+    assert caught.value.code is code
+    node.receive("evil", hop_frame(message, hops), 0.0)
+    assert node.frames_to_send(0.0) == []  # not delivered, not forwarded
+    assert penalties(node, "evil") == [code] and node.stats["delivered"] == 0
+    # The message itself is not refused: an honest copy of it is accepted and forwarded.
+    node.receive("honest", hop_frame(message, 2), 0.0)
+    assert node.stats["delivered"] == 1 and penalties(node, "honest") == []
+    assert [decode_message(f)[1] for dst, f in node.frames_to_send(0.0) if dst == "a"] == [
+        {"type": PUBLISH, "message": message.raw, "hops": 3}
+    ]
+
+
+def test_the_publish_fast_path_agrees_with_the_general_decoder_on_hop_counts() -> None:
+    for size in (0, 23, 24, 256):
+        for hops in (1, 23, 24, 255):
+            frame = codec.encode({0: PUBLISH, 1: bytes(size), 3: hops})
+            expected = {"type": PUBLISH, "message": bytes(size), "hops": hops}
+            assert decode_message(frame) == (PUBLISH, expected)
+            assert codec.decode(frame, codec.DecodeLimits()) == {
+                0: PUBLISH,
+                1: bytes(size),
+                3: hops,
+            }
+    near_misses = [
+        b"\xa3\x00\x0a\x01\x42\x00\x00\x03\x18\x05",  # hop count 5 in one extra byte
+        b"\xa3\x00\x0a\x01\x42\x00\x00\x03\x00",  # hop count 0
+        b"\xa3\x00\x0a\x01\x42\x00\x00\x03\x19\x01\x00",  # 256
+        b"\xa3\x00\x0a\x01\x42\x00\x00\x05\x01",  # key 5, not 3: another map
+        b"\xa3\x00\x0a\x01\x43\x00\x00\x03\x01",  # the message swallows the key
+    ]
+    for frame in near_misses:
+        try:
+            _, fields = decode_message(frame)
+        except CodecError:
+            continue
+        # Accepted only by the general decoder, as the same map it would give anyone.
+        assert fields is not None and "hops" not in fields, frame.hex()
