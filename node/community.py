@@ -556,7 +556,10 @@ class Communities:
             self._attach(key, replica, None)
         self._announce()
         sessions = await self._reach(invite.peers)
-        await self._find_members(key)
+        if sessions:  # more members through presence, without waiting for them
+            self._spawn(self._find_members(key), side=True)
+        else:  # nobody of the link: the presence records are all there is
+            sessions = await self._find_members(key)
         if not await self._wait_synced(key, sessions, cap.inviter):
             raise ClientError(
                 ErrorCode.COMMUNITY_JOIN_FAILED,
@@ -1151,24 +1154,29 @@ class Communities:
         except Exception as exc:  # a lookup that fails leaves the link's peers
             log.info("presence lookup failed: %s", exc)
             return []
-        sessions: list[Session] = []
-        for record in records[:limit]:
-            member = record.signer.raw
-            self._presence_seen[(key, member)] = self._loop.time()
+
+        async def dial(record: Record) -> Session | None:
             pid = record.signer.peer_id
-            if pid == self.node.peer_id or self.node.session_with(pid) is not None:
-                continue
             for addr in record.addresses():
                 try:
-                    sessions.append(await self.node.connect(addr, pid, timeout=5.0))
-                    break
-                except Exception:  # the next address, then the next member
+                    return await self.node.connect(addr, pid, timeout=5.0)
+                except Exception:  # the next address, then by peer ID
                     continue
-            else:
-                if self.node.resolver is not None:  # by peer ID: its peer record, relays
-                    with contextlib.suppress(Exception):
-                        sessions.append(await self.node.connect(pid, timeout=10.0))
-        return sessions
+            if self.node.resolver is not None:  # by peer ID: its peer record, relays
+                with contextlib.suppress(Exception):
+                    return await self.node.connect(pid, timeout=10.0)
+            return None
+
+        wanted = []
+        for record in records[:limit]:
+            self._presence_seen[(key, record.signer.raw)] = self._loop.time()
+            pid = record.signer.peer_id
+            if pid != self.node.peer_id and self.node.session_with(pid) is None:
+                wanted.append(record)
+        # All at once: a member that is offline (its record outlives it) costs its
+        # timeout once, not once per member after it.
+        results = await asyncio.gather(*(dial(r) for r in wanted))
+        return [s for s in results if s is not None]
 
     # -- sessions of other code: which peer IDs hold a community ------------------------------
 
