@@ -3659,6 +3659,16 @@ def gossip_signed(
     return cbor2.dumps({1: ed25519_public(secret), 2: data, 3: signature}, canonical=True)
 
 
+def with_mesh_peers(core: Any, topic: bytes, *peers: str) -> None:
+    """Peers that subscribe to ``topic`` and graft into ``core``'s mesh; what ``core``
+    answers is discarded."""
+    for peer in peers:
+        core.add_peer(peer, 0.0)
+        core.receive(peer, gossip_frame({0: 2, 1: [topic]}), 0.0)
+        core.receive(peer, gossip_frame({0: 6, 1: topic}), 0.0)
+    core.frames_to_send(0.0)
+
+
 def gossip_frame(message: dict[int, object]) -> bytes:
     """A gossip message, checked against cbor2's canonical encoding."""
     frame = codec.encode(message)  # type: ignore[arg-type]
@@ -3709,11 +3719,7 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     # A member with one mesh peer besides the author forwards the message: hop count 2.
     fwd = gossip_core(seed("gossip/forwarder"), "forwarder")
     fwd.subscribe(topic, 0.0)
-    for peer in ("a", "h"):
-        fwd.add_peer(peer, 0.0)
-        fwd.receive(peer, gossip_frame({0: 2, 1: [topic]}), 0.0)
-        fwd.receive(peer, gossip_frame({0: 6, 1: topic}), 0.0)
-    fwd.frames_to_send(0.0)
+    with_mesh_peers(fwd, topic, "a", "h")
     fwd.receive("a", out["publish"], 0.0)
     ((_, out["publish-forwarded"]),) = [(p, f) for p, f in fwd.frames_to_send(0.0) if p == "h"]
     # A member that joins late catches up with b.
@@ -3731,10 +3737,7 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     b.receive("late", out["sync"], 0.0)
     ((_, out["sync-page"]),) = b.frames_to_send(0.0)
     # A large message makes c tell its other mesh peer d at once.
-    c.add_peer("d", 0.0)
-    c.receive("d", gossip_frame({0: 2, 1: [topic]}), 0.0)
-    c.receive("d", gossip_frame({0: 6, 1: topic}), 0.0)
-    c.frames_to_send(0.0)
+    with_mesh_peers(c, topic, "d")
     big = gossip.sign_message(identity.PrivateKey(GOSSIP_AUTHOR_SEED), topic, GOSSIP_TIME + 1,
                               seeded_bytes("gossip/large", 2000))  # fmt: skip
     c.receive("b", big.frame, 0.0)
@@ -3744,11 +3747,7 @@ def live_gossip(topic: bytes) -> dict[str, bytes]:
     # pulls it after its short wait and unchokes it.
     e = gossip_core(seed("gossip/choker"), "e", eager_max=1, eager_min=1, choke_hold=0.0)
     e.subscribe(topic, 0.0)
-    for peer in ("f", "g"):
-        e.add_peer(peer, 0.0)
-        e.receive(peer, gossip_frame({0: 2, 1: [topic]}), 0.0)
-        e.receive(peer, gossip_frame({0: 6, 1: topic}), 0.0)
-    e.frames_to_send(0.0)
+    with_mesh_peers(e, topic, "f", "g")
     e.handle_timer(1.0)
     ((choked, out["choke"]),) = [(p, f) for p, f in e.frames_to_send(1.0) if f[2] == 17]
     e.receive(choked, gossip_frame({0: 12, 1: topic, 2: [bytes.fromhex(SPEC_GOSSIP["id"])]}), 1.0)
