@@ -1600,10 +1600,16 @@ class GossipNode:
             self._announce.setdefault(handle, {}).setdefault(key, []).append(mid)
         self.stats["announced_ids"] += len(lazy)
         if eager:
-            frame = message.frame if hops is None else _with_hops(message.frame, hops + 1)
+            frame = self._passed_on(message)
             for handle in eager:
                 self._send(self._peers[handle], PUBLISH, frame)
         self.stats["forwarded"] += len(eager)
+
+    def _passed_on(self, message: Message) -> bytes:
+        """The PUBLISH that passes ``message`` on (forwarded or served): one hop more than
+        the copy this node took, or no hop count if that copy had none [GSP-R28]."""
+        hops = self._hops.get(message.id)
+        return message.frame if hops is None else _with_hops(message.frame, hops + 1)
 
     def _credit(
         self, state: _Topic, message: Message, p: _Peer, want: _Want | None, via: str
@@ -1733,9 +1739,7 @@ class GossipNode:
                 self.stats["rejected_GOSSIP_IWANT_LIMIT"] += 1
                 continue
             p.served[mid] = count + 1
-            hops = self._hops.get(mid)
-            frame = message.frame if hops is None else _with_hops(message.frame, hops + 1)
-            self._send(p, PUBLISH, frame)
+            self._send(p, PUBLISH, self._passed_on(message))
             self.stats["served"] += 1
 
     def _on_idontwant(self, p: _Peer, fields: dict[str, codec.Value]) -> None:
