@@ -108,6 +108,7 @@ JOIN_EARLY = 5.0
 PRESENCE_TTL = 600
 RESYNC_INTERVAL = 30.0
 MEET_TARGET = 4  # members per community we seek sessions with through presence
+MEET_DELAY = 1.0  # s after losing a member session before meeting more [COM-R68]
 MAX_DEFERRED = 1024  # live messages kept while their entries wait
 
 
@@ -262,6 +263,9 @@ class Communities:
         # entry: accepted late, and so forwarded, once the entry is taken [COM-R67].
         self._deferred: OrderedDict[bytes, tuple[float, GossipMessage]] = OrderedDict()
         self._presence_task: asyncio.Task[None] | None = None
+        self._unreached: dict[bytes, float] = {}  # member key -> when a dial to it failed
+        self._meet_task: asyncio.Task[None] | None = None
+        self._meet_again = False
         self._resync_task: asyncio.Task[None] | None = None
         self._closed = False
         self._previous_validator = gossip.core.validator
@@ -955,6 +959,7 @@ class Communities:
             peer = self._peers.pop(event.session, None)
             if peer is not None:
                 peer.task.cancel()
+                self._lost_member(peer.core.shared)
 
     def _peer(self, session: Session) -> _Peer | None:
         peer = self._peers.get(session)
@@ -1105,21 +1110,54 @@ class Communities:
 
     async def meet_members(self) -> int:
         """For each community in which we have sessions with fewer than ``MEET_TARGET``
-        members, dial members named by presence records [COM-R68]: members who joined
-        while we were away are otherwise met only through others. Returns new sessions."""
+        members, dial members named by presence records until we have that many
+        [COM-R68]: members who joined while we were away are otherwise met only through
+        others, and after a crash around us they are how we get back in. Returns new
+        sessions."""
         met = 0
         for key, replica in list(self._replicas.items()):
             if not replica.authority.state.is_member(self.key):
                 continue
-            with_members = {
-                s.keys.peer_id.raw
-                for s, p in self._peers.items()
-                if key in p.core.shared and not s.closed and s.keys is not None
-            }
-            if len(with_members) < MEET_TARGET:
-                met += len(await self._find_members(key))
+            if self._member_sessions(key) < MEET_TARGET:
+                met += len(await self._find_members(key, enough=MEET_TARGET))
         self.stats["met_by_presence"] = self.stats.get("met_by_presence", 0) + met
         return met
+
+    def _member_sessions(self, key: bytes) -> int:
+        """Open sessions with peers that share the community ``key`` with us."""
+        return sum(
+            1
+            for s, p in self._peers.items()
+            if key in p.core.shared and not s.closed and s.keys is not None
+        )
+
+    def _lost_member(self, shared: Iterable[bytes]) -> None:
+        """A session with a member of ``shared`` ended: if that leaves us with fewer than
+        ``MEET_TARGET`` members in one of them, meet more now, not at the next
+        republication [COM-R68]. Losses that come together (a crash around us, a network
+        change) make one meeting, ``MEET_DELAY`` later."""
+        if self.dht is None or self._closed:
+            return
+        if all(self._member_sessions(key) >= MEET_TARGET for key in shared):
+            return
+        if self._meet_task is not None and not self._meet_task.done():
+            self._meet_again = True
+            return
+        self._meet_task = self._loop.create_task(self._meet_after_loss())
+        self._side_tasks.add(self._meet_task)
+        self._meet_task.add_done_callback(self._task_done)
+
+    async def _meet_after_loss(self) -> None:
+        self._meet_again = True
+        while self._meet_again and not self._closed:
+            self._meet_again = False
+            await asyncio.sleep(MEET_DELAY)
+            try:
+                met = await self.meet_members()
+            except Exception as exc:  # a failed lookup: the presence loop tries again
+                log.info("meeting members after a loss failed: %s", exc)
+                return
+            self.stats["met_after_loss"] = self.stats.get("met_after_loss", 0) + met
 
     async def publish_presence(self) -> int:
         """Put a presence record (DHT kind 4) for every community we are a member of."""
@@ -1144,8 +1182,15 @@ class Communities:
             done += 1
         return done
 
-    async def _find_members(self, key: bytes, limit: int = 8) -> list[Session]:
-        """Read the community's presence records and dial members by peer ID."""
+    async def _find_members(
+        self, key: bytes, limit: int = 8, enough: int | None = None
+    ) -> list[Session]:
+        """Read the community's presence records and dial the members they name, by
+        peer ID, freshest record first (a member still online has republished since one
+        who left): without ``enough``, the first ``limit`` at once; with it, ``limit`` at
+        a time through every record, starting no dial once we have sessions with
+        ``enough`` members. A member we failed to reach is not dialled again for a
+        ``presence_interval`` (its record outlives it)."""
         dht = self.dht
         if dht is None:
             return []
@@ -1167,16 +1212,37 @@ class Communities:
                     return await self.node.connect(pid, timeout=10.0)
             return None
 
-        wanted = []
-        for record in records[:limit]:
-            self._presence_seen[(key, record.signer.raw)] = self._loop.time()
+        now = self._loop.time()
+        horizon = now - self.presence_interval
+        for raw, failed in list(self._unreached.items()):
+            if failed < horizon:
+                del self._unreached[raw]
+        wanted: deque[Record] = deque()
+        for record in sorted(records, key=lambda r: r.seq, reverse=True):
+            self._presence_seen[(key, record.signer.raw)] = now
             pid = record.signer.peer_id
-            if pid != self.node.peer_id and self.node.session_with(pid) is None:
+            if pid == self.node.peer_id or self.node.session_with(pid) is not None:
+                continue
+            if record.signer.raw not in self._unreached:
                 wanted.append(record)
-        # All at once: a member that is offline (its record outlives it) costs its
-        # timeout once, not once per member after it.
-        results = await asyncio.gather(*(dial(r) for r in wanted))
-        return [s for s in results if s is not None]
+        if enough is None:
+            wanted = deque(list(wanted)[:limit])
+        have = self._member_sessions(key)
+        sessions: list[Session] = []
+
+        async def dialler() -> None:
+            # A member that is offline costs its timeout once, beside the others, not
+            # once per member after it.
+            while wanted and (enough is None or have + len(sessions) < enough):
+                record = wanted.popleft()
+                session = await dial(record)
+                if session is None:
+                    self._unreached[record.signer.raw] = self._loop.time()
+                else:
+                    sessions.append(session)
+
+        await asyncio.gather(*(dialler() for _ in range(min(limit, len(wanted)))))
+        return sessions
 
     # -- sessions of other code: which peer IDs hold a community ------------------------------
 

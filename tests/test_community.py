@@ -420,6 +420,58 @@ def test_members_who_never_met_meet_through_presence(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_member_who_loses_its_sessions_meets_others_through_presence_at_once(
+    tmp_path: Path,
+) -> None:
+    """COM-R68: A and B lose their session, then the owner goes: left with no member,
+    they meet again by presence records at once (after MEET_DELAY), not at the next
+    republication (no presence loop runs here: the DHT is attached after opening), and
+    messages flow between them without the owner."""
+    from starling.node.dht import DhtService
+
+    async def main() -> None:
+        owner, a, b = [await Member(n, tmp_path).start() for n in ("l-owner", "l-a", "l-b")]
+        # A DHT node that is no member: presence records outlive the owner on it.
+        other = key("l-dht")
+        dht_node = await Node.start(other, NodeConfig())
+        dhts = [DhtService(other, dht_node.endpoint)]
+
+        async def with_dht(m: Member) -> None:
+            assert m.node is not None and m.c is not None
+            dht = DhtService(m.identity, m.node.endpoint)
+            dhts.append(dht)
+            m.c.dht = dht
+            assert (await dht.bootstrap([dht_node.addresses[0]])).ok
+
+        try:
+            for m in (owner, a, b):
+                await with_dht(m)
+            cid = await owner.api.create("Met after a loss")
+            await owner.api.add_channel(cid, "general")
+            await a.api.join(await owner.api.invite(cid))
+            await b.api.join(await owner.api.invite(cid))
+            assert await b.api.publish_presence() == 1
+            assert a.node is not None and b.node is not None
+            ab = a.node.session_with(b.node.peer_id)  # B may have dialled A (invite peers)
+            if ab is not None:
+                await ab.close()
+            await owner.stop()  # A is left with no member at all
+            assert a.node.session_with(b.node.peer_id) is None
+            await eventually(lambda: a.node.session_with(b.node.peer_id) is not None, 15.0)
+            await eventually(lambda: sum(m.api.stats.get("met_after_loss", 0) for m in (a, b)) >= 1)
+            # and the session carries the community: B's post reaches A
+            await b.api.post(cid, "general", "after the owner left")
+            await eventually(lambda: "after the owner left" in _texts_now(a, cid, "general"))
+        finally:
+            for m in (owner, a, b):
+                await m.stop()
+            for dht in dhts:
+                dht.close()
+            await dht_node.close()
+
+    run(main)
+
+
 def test_the_community_benchmark_runs_quick(tmp_path: Path) -> None:
     """``python -m bench community --quick`` reports every figure (never judged here)."""
     import json
