@@ -5,7 +5,8 @@ per network size and seed, one network with one-way link delays uniform
 10-50 ms, every node holding sessions with about 24 random members; the
 scenarios ``steady`` (no crash), ``crash20``, ``crash50`` and ``crash80`` (that
 fraction of nodes crash at once, their neighbours notice 20-30 s later, and
-messages are published at once). The same harness runs Starling's sans-IO
+messages are published at once; survivors left with fewer than 4 sessions meet
+members through presence records, as nodes do). The same harness runs Starling's sans-IO
 core (``proto/gossip.py``, through :class:`StarlingSimCore`), the naive
 "push once to 6 random peers" and the GossipSub v1.1 model, on the same
 networks, workloads and seeds.
@@ -218,6 +219,16 @@ class StarlingSimCore:
 
     def peer_down(self, peer: Any, now: float) -> None:
         self.core.remove_peer(peer, now)
+
+    def peer_up(self, peer: Any, now: float, outbound: bool) -> None:
+        # A new session, as node/gossip.py opens it: the stream, then a catch-up from
+        # the beginning (the two never met) [GSP-R60].
+        self._heartbeat_context = False
+        self.core.add_peer(
+            peer, now, outbound=outbound, peer_id=self.shared.peer_id(self.index_of[peer])
+        )
+        self.core.catch_up(peer, TOPIC, 0, now)
+        self._events(now)
 
     def mesh_degree(self) -> int:
         return len(self.core.mesh(TOPIC))

@@ -80,6 +80,9 @@ without notice; each surviving neighbour notices only after a detection delay
 drawn per session from ``detect_delay_s`` (default 20-30 s: Starling's QUIC
 ``max_idle_timeout`` is 30 s, spec/02-secure-session.md, counted from the last
 datagram heard, and a live session hears something at least every 10 s).
+A survivor left with fewer than 4 sessions it believes live then meets members
+through presence records, as a node does (spec/06-community.md COM-R68; the
+``meet_*`` fields of :class:`HarnessParams`), and both cores get ``peer_up``.
 
 Any core with the shape of :class:`GossipCore` plugs in through a factory
 ``(NodeSetup) -> GossipCore``; it reports what it receives and sends through
@@ -379,6 +382,8 @@ class GossipCore(Protocol):
       :func:`message_index` reads the benchmark's message index back from it).
     * ``peer_down(peer, now)``: the session with ``peer`` is gone (the crash
       was detected); no datagram to or from it will pass again.
+    * ``peer_up(peer, now, outbound)``: a new session with ``peer`` is up (a
+      survivor met it after a crash); ``outbound``: this node dialled.
 
     The core reports to ``setup.probe``: ``received(...)`` for every full copy
     of a message it receives, ``sent_payload(n)`` with the payload bytes of
@@ -396,6 +401,8 @@ class GossipCore(Protocol):
     def publish(self, payload: bytes, now: float) -> None: ...
 
     def peer_down(self, peer: Address, now: float) -> None: ...
+
+    def peer_up(self, peer: Address, now: float, outbound: bool) -> None: ...
 
 
 CoreFactory = Callable[[NodeSetup], GossipCore]
@@ -481,6 +488,11 @@ class NaivePushCore:
         q = self.index_of[peer]
         if q in self.peers:
             self.peers.remove(q)
+
+    def peer_up(self, peer: Address, now: float, outbound: bool) -> None:
+        q = self.index_of[peer]
+        if q not in self.peers:
+            self.peers.append(q)
 
 
 def naive_push(setup: NodeSetup) -> NaivePushCore:
@@ -618,6 +630,15 @@ class GossipSubCore:
         self.peers.discard(q)
         self.mesh.discard(q)
         self.outbound.discard(q)
+        self.hello_pending.discard(q)
+
+    def peer_up(self, peer: Address, now: float, outbound: bool) -> None:
+        # A new connection: both ends learn the other's subscription (the hello); the
+        # mesh takes it at a heartbeat if it needs peers.
+        q = self.index_of[peer]
+        self.peers.add(q)
+        if outbound:
+            self.outbound.add(q)
         self.hello_pending.discard(q)
 
     # -- message processing (v1.0 "Message Processing")
@@ -891,9 +912,30 @@ class HarnessParams:
     publish_interval_s: float = 0.25
     settle_s: float = 10.0  # after the last publish (the mcache forgets after 5 heartbeats)
     crash_messages_per_size: int = 5
-    crash_observe_s: float = 30.0  # after the last post-crash publish
+    crash_observe_s: float = 60.0  # after the last post-crash publish (meeting included)
     detect_delay_s: tuple[float, float] = (20.0, 30.0)  # per session, uniform
-    coverage_times_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+    coverage_times_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 45.0, 60.0)
+    # Meeting members after a crash, as a node does (spec/06-community.md COM-R68): a
+    # survivor whose sessions it believes live fall below ``meet_target`` (a loss it
+    # detected) waits ``meet_delay_s``, looks the community's presence records up in
+    # the DHT (``meet_lookup_s``, uniform: lookups then meet dead nodes and their
+    # timeouts), and dials the members they name, freshest record first: one more each
+    # time a dial ends or ``meet_stagger_s`` passes without an answer, until it has
+    # ``meet_target``. A live member answers
+    # after ``handshake_rtts`` round trips; a crashed one costs ``meet_dial_fail_s`` (5 s
+    # by address, then 10 s by peer ID) and is not dialled again that run. The records
+    # are those of ``meet_records`` members drawn once per run (a DHT node keeps at most
+    # 32 per key, so every survivor reads the same few); each member republished its
+    # record every ``presence_interval_s`` at a phase of its own, a crashed one until
+    # the crash. ``meet_target`` 0: nobody makes a new session.
+    meet_target: int = 4
+    meet_delay_s: float = 1.0
+    meet_lookup_s: tuple[float, float] = (1.0, 4.0)
+    meet_records: int = 32
+    meet_stagger_s: float = 0.25  # RFC 8305's connection attempt delay
+    meet_dial_fail_s: float = 15.0
+    presence_interval_s: float = 60.0
+    handshake_rtts: float = 2.0
     heartbeat_s: float = 1.0  # "after two heartbeats" = coverage at 2 x this after publish
 
     @classmethod
@@ -903,7 +945,7 @@ class HarnessParams:
             messages_per_size=4,
             settle_s=6.0,
             crash_messages_per_size=2,
-            crash_observe_s=8.0,
+            crash_observe_s=20.0,
             detect_delay_s=(3.0, 5.0),
             coverage_times_s=(0.5, 1.0, 2.0, 5.0),
         )
@@ -994,23 +1036,20 @@ def run_scenario(
         for v in victims:
             online[v] = 0
             sim.crash(addresses[v])
+        reachable_before = _components(topo, online)
+        meeting = _Meeting(sim, topo, cores, online, params, start)
         low, high = params.detect_delay_s
         for v in victims:
             for s in sorted(topo.neighbours[v]):
                 if online[s]:
-                    sim.call_at(
-                        start + rng.uniform(low, high),
-                        _peer_down,
-                        sim,
-                        cores[s],
-                        addresses[s],
-                        addresses[v],
-                    )
+                    sim.call_at(start + rng.uniform(low, high), meeting.detected, s, v)
         per_size = params.crash_messages_per_size
         observe = params.crash_observe_s
     else:
         per_size = params.messages_per_size
         observe = params.settle_s
+        reachable_before = None
+        meeting = None
     live = [i for i in range(nodes) if online[i]]
     count = per_size * len(params.sizes)
     for j in range(count):
@@ -1030,6 +1069,15 @@ def run_scenario(
     if live and hasattr(cores[live[0]], "mesh_degree"):
         mesh_degrees = [cores[i].mesh_degree() for i in live]  # type: ignore[attr-defined]
     data = _measure(probe, online, end, params, _components(topo, online))
+    if reachable_before is not None:
+        data["extra"] = {
+            # the ceiling without new sessions: receivers with a path of live sessions
+            # from the publisher right after the crash
+            "reachable_before_meeting": _measure(probe, online, end, params, reachable_before)[
+                "reachable"
+            ],
+            **(meeting.figures() if meeting is not None else {}),
+        }
     return RunData(
         nodes=nodes,
         seed=seed,
@@ -1052,9 +1100,135 @@ def _publish(sim: Simulator, core: GossipCore, addr: Address, payload: bytes) ->
     sim.touch(addr)
 
 
-def _peer_down(sim: Simulator, core: GossipCore, addr: Address, dead: Address) -> None:
-    core.peer_down(dead, sim.now)
-    sim.touch(addr)
+class _Meeting:
+    """Survivors noticing lost sessions and meeting members through presence records
+    (see :class:`HarnessParams`, ``meet_*``): what a node does by spec/06 COM-R68."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        topo: Topology,
+        cores: list[GossipCore],
+        online: bytearray,
+        params: HarnessParams,
+        crash_at: float,
+    ) -> None:
+        self.sim, self.topo, self.cores, self.online, self.p = sim, topo, cores, online, params
+        self.crash_at = crash_at
+        self.rng = sim.child_rng("meeting")
+        n = len(cores)
+        # sessions each node believes live: every session until its loss is detected
+        self.believed = [len(topo.neighbours[i]) for i in range(n)]
+        self.phase = [self.rng.uniform(0.0, params.presence_interval_s) for _ in range(n)]
+        self.records = self.rng.sample(range(n), min(params.meet_records, n))
+        self.busy = bytearray(n)
+        self.again = bytearray(n)
+        self.unreached: list[set[int]] = [set() for _ in range(n)]
+        self.lookups = 0
+        self.dials = 0
+        self.met = 0
+        self.first_met: float | None = None
+        self.last_met: float | None = None
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "meet_lookups": self.lookups,
+            "meet_dials": self.dials,
+            "meet_sessions": self.met,
+            "meet_first_s": None if self.first_met is None else self.first_met - self.crash_at,
+            "meet_last_s": None if self.last_met is None else self.last_met - self.crash_at,
+        }
+
+    def detected(self, s: int, dead: int) -> None:
+        """``s`` notices that its session with ``dead`` is gone."""
+        sim = self.sim
+        self.cores[s].peer_down(self.topo.addresses[dead], sim.now)
+        sim.touch(self.topo.addresses[s])
+        self.believed[s] -= 1
+        if self.p.meet_target <= 0 or self.believed[s] >= self.p.meet_target:
+            return
+        if self.busy[s]:
+            self.again[s] = 1
+            return
+        self.busy[s] = 1
+        self._round(s)
+
+    def _round(self, s: int) -> None:
+        self.again[s] = 0
+        lookup = self.rng.uniform(*self.p.meet_lookup_s)
+        self.sim.call_at(self.sim.now + self.p.meet_delay_s + lookup, self._lookup_done, s)
+
+    def _published(self, j: int, at: float) -> float:
+        """When ``j`` last republished its presence record before ``at``."""
+        if not self.online[j]:
+            at = self.crash_at
+        interval = self.p.presence_interval_s
+        return at - ((at - self.phase[j]) % interval)
+
+    def _lookup_done(self, s: int) -> None:
+        self.lookups += 1
+        now = self.sim.now
+        neighbours = self.topo.neighbours[s]
+        order = sorted(self.records, key=lambda j: (-self._published(j, now), j))
+        queue = deque(
+            j for j in order if j != s and j not in neighbours and j not in self.unreached[s]
+        )
+        state = {"queue": queue, "have": self.believed[s], "new": 0, "inflight": 0, "gen": 0}
+        if not self._next_dial(s, state):
+            self._round_done(s)
+
+    def _stagger(self, s: int, state: dict[str, Any], gen: int) -> None:
+        if state["gen"] == gen:  # no answer and no new dial since: one more
+            self._next_dial(s, state)
+
+    def _next_dial(self, s: int, state: dict[str, Any]) -> bool:
+        queue = state["queue"]
+        while queue and state["have"] + state["new"] < self.p.meet_target:
+            j = queue.popleft()
+            if j in self.topo.neighbours[s]:  # it dialled us meanwhile
+                continue
+            self.dials += 1
+            state["inflight"] += 1
+            state["gen"] += 1
+            now = self.sim.now
+            self.sim.call_at(now + self.p.meet_stagger_s, self._stagger, s, state, state["gen"])
+            if self.online[j]:
+                lat = self.sim.latency
+                a, b = self.topo.addresses[s], self.topo.addresses[j]
+                rtt = lat.one_way(a, b) + lat.one_way(b, a)
+                self.sim.call_at(now + self.p.handshake_rtts * rtt, self._dialled, s, j, state)
+            else:
+                self.sim.call_at(now + self.p.meet_dial_fail_s, self._dialled, s, j, state)
+            return True
+        return False
+
+    def _dialled(self, s: int, j: int, state: dict[str, Any]) -> None:
+        state["inflight"] -= 1
+        if not self.online[j]:
+            self.unreached[s].add(j)
+        elif j not in self.topo.neighbours[s]:
+            now = self.sim.now
+            self.topo.connect(s, j)
+            a, b = self.topo.addresses[s], self.topo.addresses[j]
+            self.cores[s].peer_up(b, now, True)
+            self.cores[j].peer_up(a, now, False)
+            self.sim.touch(a)
+            self.sim.touch(b)
+            self.believed[s] += 1
+            self.believed[j] += 1
+            state["new"] += 1
+            self.met += 1
+            self.first_met = now if self.first_met is None else self.first_met
+            self.last_met = now
+        if not self._next_dial(s, state) and state["inflight"] == 0:
+            self._round_done(s)
+
+    def _round_done(self, s: int) -> None:
+        if self.again[s] and self.believed[s] < self.p.meet_target:
+            self._round(s)
+        else:
+            self.busy[s] = 0
+            self.again[s] = 0
 
 
 def _components(topo: Topology, online: bytearray) -> list[int]:
@@ -1237,6 +1411,7 @@ def summarize(runs: list[RunData], params: HarnessParams | None = None) -> dict[
         # the ceiling of any protocol without new sessions: receivers with a path of live
         # sessions from the publisher (below 1 only when a crash cut survivors off)
         "reachable": _mean([f for r in runs for f in r.reachable]),
+        **_meeting_summary(runs),
         "detect_delay_s": list(params.detect_delay_s) if first.crash_fraction else None,
         "sessions_per_node": _spread([d for r in runs for d in r.degrees]),
         "mesh_degree": _spread([d for r in runs for d in (r.mesh_degrees or [])])
@@ -1244,6 +1419,26 @@ def summarize(runs: list[RunData], params: HarnessParams | None = None) -> dict[
         else None,
         "wall_s": sum(r.wall_s for r in runs),
         "events": sum(r.events for r in runs),
+    }
+
+
+def _meeting_summary(runs: list[RunData]) -> dict[str, Any]:
+    """Crash scenarios: the ceiling before survivors met anyone new, and the meeting."""
+    if not any("reachable_before_meeting" in r.extra for r in runs):
+        return {}
+    firsts = [r.extra["meet_first_s"] for r in runs if r.extra.get("meet_first_s") is not None]
+    lasts = [r.extra["meet_last_s"] for r in runs if r.extra.get("meet_last_s") is not None]
+    return {
+        "reachable_before_meeting": _mean(
+            [f for r in runs for f in r.extra.get("reachable_before_meeting", [])]
+        ),
+        "meeting": {
+            "sessions_per_run": _mean([r.extra["meet_sessions"] for r in runs]),
+            "dials_per_run": _mean([r.extra["meet_dials"] for r in runs]),
+            "lookups_per_run": _mean([r.extra["meet_lookups"] for r in runs]),
+            "first_session_s": min(firsts) if firsts else None,
+            "last_session_s": max(lasts) if lasts else None,
+        },
     }
 
 

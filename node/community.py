@@ -109,6 +109,7 @@ PRESENCE_TTL = 600
 RESYNC_INTERVAL = 30.0
 MEET_TARGET = 4  # members per community we seek sessions with through presence
 MEET_DELAY = 1.0  # s after losing a member session before meeting more [COM-R68]
+MEET_STAGGER = 0.25  # s before dialling the next member while none answered (RFC 8305)
 MAX_DEFERRED = 1024  # live messages kept while their entries wait
 
 
@@ -1187,9 +1188,10 @@ class Communities:
     ) -> list[Session]:
         """Read the community's presence records and dial the members they name, by
         peer ID, freshest record first (a member still online has republished since one
-        who left): without ``enough``, the first ``limit`` at once; with it, ``limit`` at
-        a time through every record, starting no dial once we have sessions with
-        ``enough`` members. A member we failed to reach is not dialled again for a
+        who left): without ``enough``, the first ``limit`` at once; with it, one after
+        another through every record, the next as soon as a dial ends or MEET_STAGGER
+        passes without an answer, starting none once we have sessions with ``enough``
+        members. A member we failed to reach is not dialled again for a
         ``presence_interval`` (its record outlives it)."""
         dht = self.dht
         if dht is None:
@@ -1230,18 +1232,35 @@ class Communities:
         have = self._member_sessions(key)
         sessions: list[Session] = []
 
-        async def dialler() -> None:
-            # A member that is offline costs its timeout once, beside the others, not
-            # once per member after it.
-            while wanted and (enough is None or have + len(sessions) < enough):
-                record = wanted.popleft()
-                session = await dial(record)
+        def collect(done: set[asyncio.Task[Session | None]]) -> None:
+            for task in done:
+                session = task.result()
                 if session is None:
-                    self._unreached[record.signer.raw] = self._loop.time()
+                    self._unreached[dialling.pop(task).signer.raw] = self._loop.time()
                 else:
+                    dialling.pop(task)
                     sessions.append(session)
 
-        await asyncio.gather(*(dialler() for _ in range(min(limit, len(wanted)))))
+        dialling: dict[asyncio.Task[Session | None], Record] = {}
+        try:
+            # A member that is offline costs its timeout once, beside the others, not
+            # once per member after it: without ``enough``, all at once; with it, one
+            # more each time a dial ends or MEET_STAGGER passes without an answer.
+            while wanted and (enough is None or have + len(sessions) < enough):
+                record = wanted.popleft()
+                dialling[self._loop.create_task(dial(record))] = record
+                if enough is None:
+                    continue
+                done, _ = await asyncio.wait(
+                    dialling, timeout=MEET_STAGGER, return_when=asyncio.FIRST_COMPLETED
+                )
+                collect(done)
+            if dialling:
+                done, _ = await asyncio.wait(dialling)
+                collect(done)
+        finally:
+            for task in dialling:
+                task.cancel()
         return sessions
 
     # -- sessions of other code: which peer IDs hold a community ------------------------------

@@ -284,3 +284,38 @@ def test_starling_wave_counts_immediate_pulls_and_not_heartbeat_gossip() -> None
     # The baselines have no wave pulls: their wave is their eager push.
     gs = summarize([run_scenario(gossipsub, 300, seed=1, crash_fraction=0.5, params=QUICK)])
     assert gs["coverage_by_push"] == gs["coverage_by_eager_push"]
+
+
+def test_survivors_cut_off_by_a_crash_meet_members_and_catch_up() -> None:
+    """After 80% crash, a few survivors keep no live session (``reachable_before_meeting``
+    < 1). Meeting members through presence records (spec/06 COM-R68) gives them new
+    sessions, and Starling's catch-up on a new session brings them every message; with
+    no meeting (``meet_target`` 0) they stay cut off."""
+    import dataclasses
+
+    from bench.gossip import starling_factory
+
+    def crash80(params: HarnessParams) -> dict[str, object]:
+        factory = starling_factory(None, params)
+        run = run_scenario(factory, 300, seed=14, crash_fraction=0.8, params=params)
+        return summarize([run], params)
+
+    met = crash80(QUICK)
+    before = met["reachable_before_meeting"]
+    assert isinstance(before, float) and before < 1.0  # this seed cuts survivors off
+    meeting = met["meeting"]
+    assert isinstance(meeting, dict) and meeting["sessions_per_run"] > 0
+    assert meeting["first_session_s"] >= QUICK.detect_delay_s[0] + QUICK.meet_delay_s
+    assert met["reachable"] == 1.0 and met["coverage"] == 1.0
+
+    alone = crash80(dataclasses.replace(QUICK, meet_target=0))
+    assert alone["meeting"] == {
+        "sessions_per_run": 0.0,
+        "dials_per_run": 0.0,
+        "lookups_per_run": 0.0,
+        "first_session_s": None,
+        "last_session_s": None,
+    }
+    coverage = alone["coverage"]
+    assert isinstance(coverage, float) and coverage < 1.0
+    assert alone["reachable"] == before
