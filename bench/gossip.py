@@ -431,6 +431,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default 5)")
     parser.add_argument("--no-baselines", action="store_true", help="Starling only")
     parser.add_argument("--no-real", action="store_true", help="skip the real-socket part")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="simulator runs in parallel processes (same figures)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000")).split(",")]
     seeds = list(range(1, 1 + (args.seeds or (1 if args.quick else 5))))
@@ -447,11 +450,12 @@ def main(argv: list[str]) -> int:
             params=params,
             log=log,
             label="starling",
+            jobs=args.jobs,
         )
         theirs = (
             {}
             if args.no_baselines
-            else gossip_models.run_baselines(n, seeds, params=params, log=log)
+            else gossip_models.run_baselines(n, seeds, params=params, log=log, jobs=args.jobs)
         )
         for k, entry in enumerate(ours):
             entry["baselines"] = {name: runs[k] for name, runs in theirs.items()}

@@ -1442,6 +1442,13 @@ def _meeting_summary(runs: list[RunData]) -> dict[str, Any]:
     }
 
 
+_WORKER_FACTORY: list[CoreFactory] = []  # the factory forked workers run (see run_model)
+
+
+def _run_in_worker(nodes: int, seed: int, fraction: float, params: HarnessParams) -> RunData:
+    return run_scenario(_WORKER_FACTORY[0], nodes, seed, fraction, params)
+
+
 def run_model(
     factory: CoreFactory,
     nodes: int,
@@ -1450,25 +1457,50 @@ def run_model(
     params: HarnessParams | None = None,
     log: Any = None,
     label: str = "",
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every scenario (one per crash fraction, ``steady`` for 0) over ``seeds``, summarized."""
+    """Every scenario (one per crash fraction, ``steady`` for 0) over ``seeds``, summarized.
+
+    ``jobs`` > 1 runs the (scenario, seed) runs in that many forked processes; a run
+    depends on its seed only, so the figures are the same as with one."""
     params = params or HarnessParams()
-    out = []
-    for fraction in crash_fractions:
-        runs = []
-        for seed in seeds:
-            run = run_scenario(factory, nodes, seed, fraction, params)
-            runs.append(run)
-            if log is not None:
-                print(
-                    f"  {label or 'model'} n={nodes} {scenario_name(fraction)} seed={seed}: "
-                    f"{run.wall_s:.1f} s wall, {run.events} events, "
-                    f"coverage {run.nodes_with_all / max(1, run.online):.4f}",
-                    file=log,
-                    flush=True,
-                )
-        out.append(summarize(runs, params))
-    return out
+    tasks = [(fraction, seed) for fraction in crash_fractions for seed in seeds]
+    done: dict[tuple[float, int], RunData] = {}
+
+    def report(fraction: float, seed: int, run: RunData) -> None:
+        done[(fraction, seed)] = run
+        if log is not None:
+            print(
+                f"  {label or 'model'} n={nodes} {scenario_name(fraction)} seed={seed}: "
+                f"{run.wall_s:.1f} s wall, {run.events} events, "
+                f"coverage {run.nodes_with_all / max(1, run.online):.4f}",
+                file=log,
+                flush=True,
+            )
+
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        _WORKER_FACTORY[:] = [factory]  # inherited by the forked workers, never pickled
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context) as pool:
+                futures = {
+                    pool.submit(_run_in_worker, nodes, seed, fraction, params): (fraction, seed)
+                    for fraction, seed in tasks
+                }
+                for future in as_completed(futures):
+                    report(*futures[future], future.result())
+        finally:
+            _WORKER_FACTORY.clear()
+    else:
+        for fraction, seed in tasks:
+            report(fraction, seed, run_scenario(factory, nodes, seed, fraction, params))
+    return [
+        summarize([done[(fraction, seed)] for seed in seeds], params)
+        for fraction in crash_fractions
+    ]
 
 
 def run_baselines(
@@ -1478,10 +1510,11 @@ def run_baselines(
     params: HarnessParams | None = None,
     models: Sequence[str] = tuple(MODELS),
     log: Any = None,
+    jobs: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     """``{model: [scenario, ...]}`` for the baselines named in ``models``."""
     return {
-        name: run_model(MODELS[name], nodes, seeds, crash_fractions, params, log, name)
+        name: run_model(MODELS[name], nodes, seeds, crash_fractions, params, log, name, jobs)
         for name in models
     }
 

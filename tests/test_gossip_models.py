@@ -319,3 +319,20 @@ def test_survivors_cut_off_by_a_crash_meet_members_and_catch_up() -> None:
     coverage = alone["coverage"]
     assert isinstance(coverage, float) and coverage < 1.0
     assert alone["reachable"] == before
+
+
+def test_parallel_runs_give_the_same_figures() -> None:
+    """``jobs`` > 1 forks workers for the (scenario, seed) runs; a run depends on its seed
+    only, so every figure but the wall time is the same as in one process."""
+    from bench.gossip import starling_factory
+
+    def strip(scenarios: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in s.items() if k != "wall_s"} for s in scenarios]
+
+    for factory in (naive_push, starling_factory(None, QUICK)):
+        one = run_model(factory, 120, seeds=[1, 2], crash_fractions=(0.0, 0.5), params=QUICK)
+        two = run_model(
+            factory, 120, seeds=[1, 2], crash_fractions=(0.0, 0.5), params=QUICK, jobs=2
+        )
+        assert strip(one) == strip(two)
+        assert [s["seeds"] for s in two] == [[1, 2], [1, 2]]
