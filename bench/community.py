@@ -8,10 +8,16 @@ Run: ``python -m bench community [--json PATH] [--quick]``. Prints JSON.
   session on 127.0.0.1, real stores in a temporary directory). The member holding the
   messages runs in its own process (``bench.community_worker``), the catching-up one
   in this process with a fresh store each run. ``catchup_cpu_s`` and
-  ``catchup_loop_thread_cpu_s`` say how much CPU the catching-up process and its event
-  loop's thread took, ``catchup_sender_cpu_s`` the sending process. Five runs
-  (``--catchup-runs``): each figure is their median, ``catchup_10k_s_min`` the fastest,
-  ``catchup_runs`` every run with the load average;
+  ``catchup_loop_thread_cpu_s`` say how much CPU the catching-up member (its process
+  and its signature-checking worker processes; ``catchup_verify_processes_cpu_s``: the
+  workers alone) and its event loop's thread took, ``catchup_sender_cpu_s`` the sending
+  process. The catching-up node starts as one just back online: no signature-checking
+  process runs, they start with its first large batch (``node/community.py``). Five
+  runs (``--catchup-runs``): each figure is their median, ``catchup_10k_s_min`` the
+  fastest, ``catchup_runs`` every run with the load average;
+* ``catchup_10k_warm_s`` (``_min``, ``catchup_10k_warm_runs``): the same with the
+  checking processes already running (a node that synced something large in the last
+  30 s), five runs;
 * ``catchup_10k_single_process_s`` (and ``catchup_single_process_*``): the same
   catch-up with both members in this process and event loop, as measured before, for
   comparison (the receiver then pays for the sender's CPU too);
@@ -40,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from starling.node import community as community_module
 from starling.node.community import Communities, CommunityEvent, feed_record
 from starling.node.gossip import GossipService
 from starling.node.session import Node, NodeConfig
@@ -134,13 +141,41 @@ async def prepare_catchup(
     return per_author * authors_n
 
 
+def _children_cpu(exclude: int | None) -> float:
+    """CPU seconds of this process's child processes but ``exclude`` (the sending member):
+    the node's signature-checking workers (``node/community.py``)."""
+    total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == exclude:
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == me:  # ppid; utime and stime follow
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def _catch_up_from(
-    client: _Member, community: bytes, expected: int, addr: Any, peer: Any
+    client: _Member,
+    community: bytes,
+    expected: int,
+    addr: Any,
+    peer: Any,
+    sender_pid: int | None = None,
+    warm: bool = False,
 ) -> dict[str, float]:
     """Connect ``client`` to the member at ``addr`` and time the catch-up of ``expected``
     feed entries: applied, then committed to the store."""
     replica = client.api._replicas[community]
     assert sum(replica.feeds.lengths().values()) == 0
+    if warm:  # its signature-checking processes run (it synced something large lately)
+        await client.api.ready()
+    else:  # a node just back online: they start with the first large batch
+        community_module._VERIFIERS._stop()
+    workers_cpu = _children_cpu(sender_pid)
     start = time.perf_counter()
     cpu, main_cpu = time.process_time(), time.thread_time()
     await client.node.connect(addr, peer_id=peer)
@@ -151,9 +186,16 @@ async def _catch_up_from(
         await asyncio.gather(*list(client.api._tasks))
     stored_s = time.perf_counter() - start
     cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu
+    workers_cpu = _children_cpu(sender_pid) - workers_cpu
     page = await client.api.page(community_text(community), "general", limit=100)
     assert len(page) == 100
-    return {"stored_s": stored_s, "applied_s": applied_s, "cpu": cpu, "main_cpu": main_cpu}
+    return {
+        "stored_s": stored_s,
+        "applied_s": applied_s,
+        "cpu": cpu + workers_cpu,
+        "main_cpu": main_cpu,
+        "workers_cpu": workers_cpu,
+    }
 
 
 async def catchup_single_process(root: Path, messages: int, authors_n: int) -> dict[str, Any]:
@@ -176,6 +218,7 @@ async def catchup_single_process(root: Path, messages: int, authors_n: int) -> d
         "catchup_single_process_applied_s": round(t["applied_s"], 3),
         # Both members: CPU of all this process's threads and of the event loop's thread.
         "catchup_single_process_cpu_s": round(t["cpu"], 3),
+        "catchup_single_process_verify_processes_cpu_s": round(t["workers_cpu"], 3),
         "catchup_single_process_loop_thread_cpu_s": round(t["main_cpu"], 3),
     }
 
@@ -233,7 +276,7 @@ class SenderProcess:
 
 
 async def catchup(
-    root: Path, sender: SenderProcess, messages: int, authors_n: int
+    root: Path, sender: SenderProcess, messages: int, authors_n: int, warm: bool = False
 ) -> dict[str, Any]:
     """The catching-up member in this process, with fresh state, against ``sender``."""
     client_m = _Member("client", root)
@@ -245,7 +288,7 @@ async def catchup(
     peer = PeerId.parse(sender.ready["peer_id"])
     try:
         sender_cpu = sender.cpu()
-        t = await _catch_up_from(client, community, n, addr, peer)
+        t = await _catch_up_from(client, community, n, addr, peer, sender.proc.pid, warm)
         sender_cpu = sender.cpu() - sender_cpu
     finally:
         await client.stop()
@@ -254,9 +297,11 @@ async def catchup(
         "catchup_10k_s": round(t["stored_s"], 3),
         "catchup_applied_s": round(t["applied_s"], 3),
         "catchup_messages": n,
-        # The catching-up member's process (all threads, the verification pool included),
-        # its event loop's thread, and the sending member's process, over the catch-up.
+        # The catching-up member's process (all threads) and its signature-checking worker
+        # processes, of which the workers alone, its event loop's thread, and the sending
+        # member's process, over the catch-up.
         "catchup_cpu_s": round(t["cpu"], 3),
+        "catchup_verify_processes_cpu_s": round(t["workers_cpu"], 3),
         "catchup_loop_thread_cpu_s": round(t["main_cpu"], 3),
         "catchup_sender_cpu_s": round(sender_cpu, 3),
         "db_bytes_per_message": round(db_bytes / n, 1),
@@ -387,9 +432,17 @@ def main(argv: list[str] | None = None) -> int:
                 run = asyncio.run(catchup(Path(tmp) / f"catchup{i}", sender, catch_n, 5))
                 run["load_average"] = round(os.getloadavg()[0], 2)
                 runs.append(run)
+            warm = []
+            for i in range(runs_n):
+                print(f"the same, checking processes already running, run {i + 1}", file=log)
+                run = asyncio.run(catchup(Path(tmp) / f"warm{i}", sender, catch_n, 5, True))
+                warm.append(run["catchup_10k_s"])
         finally:
             sender.close()
         report.update(_median_runs(runs, "catchup_10k_s", "catchup_runs"))
+        report["catchup_10k_warm_s"] = round(statistics.median(warm), 3)
+        report["catchup_10k_warm_s_min"] = min(warm)
+        report["catchup_10k_warm_runs"] = warm
         runs = []
         for i in range(runs_n):
             print(f"catch-up in one process, run {i + 1} of {runs_n}", file=log)

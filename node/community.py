@@ -28,19 +28,33 @@ to the rest of the node:
   starts from the invite link's peers, then reads the presence records and
   dials members by peer ID.
 
-Signature checks of a sync batch run on two threads (libsodium releases the GIL),
-which halves the time of a large catch-up on a two-core machine.
+Signature checks of a large sync batch (an ENTRIES message read ahead) run in two
+worker processes, shared by every ``Communities`` of the Python process: libsodium
+releases the GIL, but a checking thread must take it back after every signature, and
+it waits while the event loop runs Python (applying the batch before, reading the
+next), so threads checked mostly while the loop was idle. Items that fail in a worker
+are checked again here, for their errors. The workers start with the first large batch
+and stop after ``VERIFY_IDLE`` seconds without one (an idle node runs none); while they
+start, where they cannot be started, and for the other batches, the checks run on two
+threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
 import functools
 import ipaddress
 import logging
 import os
+import pickle
+import queue
 import random
+import subprocess
+import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -111,6 +125,209 @@ MEET_TARGET = 4  # members per community we seek sessions with through presence
 MEET_DELAY = 1.0  # s after losing a member session before meeting more [COM-R68]
 MEET_STAGGER = 0.25  # s before dialling the next member while none answered (RFC 8305)
 MAX_DEFERRED = 1024  # live messages kept while their entries wait
+
+
+# Worker processes checking the signatures of large sync batches; the environment
+# variable STARLING_VERIFY_PROCESSES=0 makes threads check them (for comparisons). They
+# start with the first large batch and stop after VERIFY_IDLE seconds without one.
+VERIFY_PROCESSES = 2
+VERIFY_IDLE = 30.0
+
+
+class _Worker:
+    """One ``starling.node.verifier`` process and its pipes (used by one thread at once)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "starling.node.verifier"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.ready = False
+
+    def _read(self, size: int) -> bytes:
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(size)
+        if len(data) != size:
+            raise ConnectionError("the signature-checking process ended")
+        return data
+
+    def wait_ready(self) -> None:
+        if not self.ready:
+            if self._read(1) != b"R":
+                raise ConnectionError("the signature-checking process did not start")
+            self.ready = True
+
+    def failed(self, items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
+        assert self.proc.stdin is not None
+        request = pickle.dumps(items)
+        self.proc.stdin.write(len(request).to_bytes(4, "big") + request)
+        self.proc.stdin.flush()
+        answer = pickle.loads(self._read(int.from_bytes(self._read(4), "big")))
+        assert isinstance(answer, list)
+        return answer
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()  # the worker ends at the end of its input
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class _Verifiers:
+    """The worker processes that check signatures of large sync batches, shared by every
+    ``Communities`` of this Python process. They start with the first large batch (which,
+    like any batch while they start, is checked on threads) and stop after VERIFY_IDLE
+    seconds without one, so an idle node runs none. Each checks one half of a batch, from
+    a thread of ours that waits on its pipes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._threads: ThreadPoolExecutor | None = None
+        self._ready: concurrent.futures.Future[None] | None = None
+        self._inflight = 0
+        self._last_used = 0.0
+        self._timer: threading.Timer | None = None
+        self.broken = False
+        self.checked = 0  # signatures checked in the workers
+        self.starts = 0  # times the workers were started
+        self._pid = os.getpid()  # a forked child starts workers of its own
+        atexit.register(self._stop)
+
+    def start(self) -> concurrent.futures.Future[None] | None:
+        """Start the workers unless they run; the future is done when they are ready (None:
+        no workers, threads check)."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's workers are not ours
+                self.__init__()  # type: ignore[misc]
+            if self.broken:
+                return None
+            if self._ready is not None:
+                return self._ready
+            if os.environ.get("STARLING_VERIFY_PROCESSES", "").strip() == "0":
+                self.broken = True
+                return None
+            workers: list[_Worker] = []
+            try:
+                for _ in range(VERIFY_PROCESSES):
+                    workers.append(_Worker())
+            except OSError as exc:  # then threads check
+                log.info("no signature-checking processes: %s", exc)
+                self.broken = True
+                for worker in workers:
+                    worker.stop()
+                return None
+            self._workers = workers
+            self._idle = queue.SimpleQueue()  # none of a stopped generation
+            for worker in workers:
+                self._idle.put(worker)
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(
+                    VERIFY_PROCESSES, thread_name_prefix="starling-verifier"
+                )
+            self._ready = self._threads.submit(self._wait_ready, workers)
+            self.starts += 1
+            self._last_used = time.monotonic()
+            self._arm(VERIFY_IDLE)
+            return self._ready
+
+    @staticmethod
+    def _wait_ready(workers: list[_Worker]) -> None:
+        for worker in workers:
+            worker.wait_ready()
+
+    def _arm(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._idle_check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _idle_check(self) -> None:
+        """Stop the workers once VERIFY_IDLE seconds passed without a batch."""
+        with self._lock:
+            if self._pid != os.getpid() or not self._workers:
+                return
+            left = self._last_used + VERIFY_IDLE - time.monotonic()
+            if left > 0 or self._inflight:
+                self._arm(max(left, 0.05))
+                return
+            workers, self._workers, self._ready = self._workers, [], None
+            self._idle = queue.SimpleQueue()
+        for worker in workers:
+            worker.stop()
+
+    def _stop(self) -> None:
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            workers, self._workers, self._ready = self._workers, [], None
+            if self._timer is not None:
+                self._timer.cancel()
+        for worker in workers:
+            worker.stop()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None
+
+    async def ready(self) -> None:
+        """Start the workers if needed and wait until they are ready."""
+        future = self.start()
+        if future is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                await asyncio.wrap_future(future)
+
+    def _call(self, items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
+        idle = self._idle  # this generation's (a restart makes a new queue)
+        worker = idle.get()  # only the thread holding a worker reads its pipes
+        try:
+            return worker.failed(items)
+        finally:
+            idle.put(worker)
+
+    async def failed(
+        self, loop: asyncio.AbstractEventLoop, items: list[tuple[bytes, str, bytes, bytes]]
+    ) -> list[int] | None:
+        """The indexes of ``items`` whose signature does not hold; None: check them on
+        threads (no workers, or they are still starting)."""
+        ready = self.start()
+        if ready is None or not ready.done():
+            return None
+        with self._lock:
+            if ready is not self._ready or self._threads is None:
+                return None  # stopped meanwhile
+            if ready.exception() is not None:
+                log.warning("signature-checking processes failed: %s", ready.exception())
+                self.broken = True
+                return None
+            self._inflight += 1
+            self._last_used = time.monotonic()
+            threads = self._threads
+        half = len(items) // 2
+        try:
+            first, second = await asyncio.gather(
+                loop.run_in_executor(threads, self._call, items[:half]),
+                loop.run_in_executor(threads, self._call, items[half:]),
+            )
+        except (ConnectionError, OSError, ValueError) as exc:  # threads check from now on
+            log.warning("signature-checking processes failed: %s", exc)
+            self.broken = True
+            return None
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                self._last_used = time.monotonic()
+        self.checked += len(items)
+        return first + [half + i for i in second]
+
+
+_VERIFIERS = _Verifiers()
 
 
 class ClientError(LocalProtocolError):
@@ -191,7 +408,6 @@ class _Peer:
         self.owner = owner
         self.session = session
         self.core = SyncSession(owner._replicas, owner._loop.time(), verify=owner._verify)
-        self.queue: deque[bytes] = deque()
         self.wakeup = asyncio.Event()
         self.task = owner._loop.create_task(self._write())
         self.done: dict[bytes, asyncio.Event] = {}
@@ -202,8 +418,11 @@ class _Peer:
         try:
             stream = await self.session.open_stream(PROTOCOL_ID)
             while True:
-                while self.queue:
-                    await stream.send(self.queue.popleft())
+                # Frames are taken (and a sync reply's ENTRIES encoded) one at a time, each
+                # leaving before the next is encoded.
+                while (frame := self.core.next_frame()) is not None:
+                    await stream.send(frame)
+                    await asyncio.sleep(0)
                 self.wakeup.clear()
                 await self.wakeup.wait()
         except (StreamClosed, ConnectionError) as exc:
@@ -215,10 +434,8 @@ class _Peer:
             raise
 
     def flush(self) -> None:
-        frames = self.core.frames_to_send()
-        if frames:
-            self.queue.extend(frames)
-            self.wakeup.set()
+        """The core may have frames to send: wake the writer."""
+        self.wakeup.set()
 
 
 # ----------------------------------------------------------------------------- the API
@@ -1033,9 +1250,9 @@ class Communities:
                     pending[1].cancel()
 
     async def _verify_ahead(self, frame: bytes) -> tuple[Entries, Prepared] | None:
-        """For a large ENTRIES message: read its feed entries and check their signatures on
-        the pool's threads while the loop goes on receiving; the core takes the message
-        (decoded once) and the result."""
+        """For a large ENTRIES message: read its feed entries and check their signatures in
+        the worker processes (or on the pool's threads) while the loop goes on receiving;
+        the core takes the message (decoded once) and the result."""
         if len(frame) < 8192:
             return None
         try:
@@ -1046,14 +1263,28 @@ class Communities:
             return None
         prepared = prepare(message.feeds, message.community)
         checks = prepared.checks()
-        half = len(checks) // 2
+        items = [c for _, c in checks]
+        failed = await _VERIFIERS.failed(self._loop, items)
+        if failed is not None:
+            # What failed in a worker is judged again here, for its error.
+            again = dict(zip(failed, verify_serially([items[i] for i in failed]), strict=True))
+            for i, (raw, _) in enumerate(checks):
+                prepared.verified[raw] = again.get(i)
+            return message, prepared
+        half = len(items) // 2
         parts = await asyncio.gather(
-            self._loop.run_in_executor(self._pool, verify_serially, [c for _, c in checks[:half]]),
-            self._loop.run_in_executor(self._pool, verify_serially, [c for _, c in checks[half:]]),
+            self._loop.run_in_executor(self._pool, verify_serially, items[:half]),
+            self._loop.run_in_executor(self._pool, verify_serially, items[half:]),
         )
         for (raw, _), error in zip(checks, parts[0] + parts[1], strict=True):
             prepared.verified[raw] = error
         return message, prepared
+
+    async def ready(self) -> None:
+        """Start the worker processes that check the signatures of large sync batches, and
+        wait until they are ready (otherwise they start with the first such batch, which
+        threads check meanwhile; they stop after VERIFY_IDLE seconds without one)."""
+        await _VERIFIERS.ready()
 
     def _drain(self, peer: _Peer) -> None:
         while (event := peer.core.next_event()) is not None:

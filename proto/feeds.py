@@ -75,6 +75,7 @@ __all__ = [
     "Message",
     "Outcome",
     "Prepared",
+    "failed_signatures",
     "feed_entry_id",
     "hlc_next",
     "hlc_physical",
@@ -175,35 +176,28 @@ class FeedEntry:
         return self.author, self.device
 
 
-def _uint(raw: bytes, pos: int) -> tuple[int, int] | None:
-    """A shortest-form unsigned integer head at ``pos`` -> (value, next position)."""
+def _head(raw: bytes, pos: int, major: int) -> tuple[int, int] | None:
+    """A shortest-form head of ``major`` (0: unsigned, 2: byte string) at ``pos`` ->
+    (its argument, the next position); None for anything else."""
     if pos >= len(raw):
         return None
-    initial = raw[pos]
-    major, info = initial >> 5, initial & 0x1F
-    if major not in (0, 2):
-        return None
+    info = raw[pos] - (major << 5)
     if info < 24:
-        return info, pos + 1
+        return None if info < 0 else (info, pos + 1)
     if info > 27:
         return None
     size = 1 << (info - 24)
-    value = int.from_bytes(raw[pos + 1 : pos + 1 + size], "big")
-    if pos + 1 + size > len(raw) or value < (24 if size == 1 else 1 << (4 * size)):
+    end = pos + 1 + size
+    value = int.from_bytes(raw[pos + 1 : end], "big")
+    if end > len(raw) or value < (24 if size == 1 else 1 << (4 * size)):
         return None
-    return value, pos + 1 + size
+    return value, end
 
 
-def _bstr(raw: bytes, pos: int) -> tuple[bytes, int] | None:
-    if pos >= len(raw) or raw[pos] >> 5 != 2:
-        return None
-    head = _uint(raw, pos)
-    if head is None:
-        return None
-    length, start = head
-    if start + length > len(raw):
-        return None
-    return raw[start : start + length], start + length
+_ENVELOPE_HEAD = b"\xa3\x01\x58\x20"  # {1: bytes(32) ...
+_SIGNATURE_HEAD = b"\x03\x58\x40"  # ... 3: bytes(64)}
+_PAYLOAD_HEAD = b"\x00\x02\x01\x58\x20"  # {0: 2, 1: bytes(32) ...
+_PREV_HEAD = b"\x04\x58\x20"
 
 
 def _fast_structure(raw: bytes) -> tuple[bytes, bytes, bytes, list[object]] | None:
@@ -215,45 +209,55 @@ def _fast_structure(raw: bytes) -> tuple[bytes, bytes, bytes, list[object]] | No
     takes the generic path, so errors and odd shapes are judged there. The catch-up of
     thousands of entries spends most of its time decoding otherwise.
     """
-    if len(raw) < 110 or raw[:4] != b"\xa3\x01\x58\x20" or raw[36] != 0x02:
+    n = len(raw)
+    if n < 110 or raw[:4] != _ENVELOPE_HEAD or raw[36] != 0x02:
         return None
-    signer = raw[4:36]
-    got = _bstr(raw, 37)
+    # The payload: a byte string of 24 to 65,535 bytes (longer is too large anyway).
+    if raw[37] == 0x58:
+        start, size = 39, raw[38]
+        if size < 24:
+            return None
+    elif raw[37] == 0x59:
+        start, size = 40, int.from_bytes(raw[38:40], "big")
+        if size < 256:
+            return None
+    else:
+        return None
+    end = start + size
+    if end + 67 != n or raw[end : end + 3] != _SIGNATURE_HEAD:
+        return None
+    p = raw[start:end]
+    if (
+        size < 50
+        or p[0] not in (0xA6, 0xA7)
+        or p[1:6] != _PAYLOAD_HEAD
+        or p[38:40] != b"\x02\x48"
+        or p[48] != 0x03
+    ):
+        return None
+    got = _head(p, 49, 0)
     if got is None:
         return None
-    payload, pos = got
-    if raw[pos : pos + 3] != b"\x03\x58\x40" or pos + 67 != len(raw):
-        return None
-    signature = raw[pos + 3 :]
-    p = payload
-    if len(p) < 50 or p[0] not in (0xA6, 0xA7) or p[1:5] != b"\x00\x02\x01\x58":
-        return None
-    if p[5] != 0x20 or p[38:40] != b"\x02\x48" or p[48] != 0x03:
-        return None
-    community, device = p[6:38], p[40:48]
-    got_seq = _uint(p, 49)
-    if got_seq is None or p[49] >> 5 != 0:
-        return None
-    seq, pos = got_seq
+    seq, pos = got
     prev: bytes | None = None
     if p[0] == 0xA7:
-        if p[pos : pos + 3] != b"\x04\x58\x20" or seq < 2:
+        if p[pos : pos + 3] != _PREV_HEAD or seq < 2:
             return None
         prev, pos = p[pos + 3 : pos + 35], pos + 35
     elif seq != 1:
         return None
-    if seq > MAX_SEQ or p[pos : pos + 1] != b"\x05" or pos + 1 >= len(p) or p[pos + 1] >> 5:
+    if seq > MAX_SEQ or p[pos : pos + 1] != b"\x05":
         return None
-    got_hlc = _uint(p, pos + 1)
-    if got_hlc is None:
+    got = _head(p, pos + 1, 0)
+    if got is None:
         return None
-    hlc, pos = got_hlc
+    hlc, pos = got
     if p[pos : pos + 1] != b"\x06":
         return None
-    got_update = _bstr(p, pos + 1)
-    if got_update is None or got_update[1] != len(p) or len(got_update[0]) > MAX_UPDATE_SIZE:
+    got = _head(p, pos + 1, 2)
+    if got is None or got[1] + got[0] != size or got[0] > MAX_UPDATE_SIZE:
         return None
-    return signer, payload, signature, [community, device, seq, prev, hlc, got_update[0]]
+    return raw[4:36], p, raw[end + 3 :], [p[6:38], p[40:48], seq, prev, hlc, p[got[1] :]]
 
 
 def _structure(raw: bytes, community: bytes | None) -> tuple[FeedEntry, bytes, bytes]:
@@ -369,15 +373,15 @@ BatchVerifier = Callable[[list[tuple[bytes, str, bytes, bytes]]], list[StarlingE
 
 
 def verify_serially(items: list[tuple[bytes, str, bytes, bytes]]) -> list[StarlingError | None]:
-    out: list[StarlingError | None] = []
-    for key, domain, payload, signature in items:
-        try:
-            PublicKey(key).verify(domain, payload, signature)
-        except StarlingError as exc:
-            out.append(exc)
-        else:
-            out.append(None)
-    return out
+    """The ``BatchVerifier`` that checks every item in turn (``identity.verify_batch``)."""
+    return identity.verify_batch(items)
+
+
+def failed_signatures(items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
+    """The indexes of the items of ``verify_serially`` whose signature does not hold: what
+    a worker process checking a batch for a node sends back (the node then judges those
+    items itself, for their errors)."""
+    return [i for i, error in enumerate(verify_serially(items)) if error is not None]
 
 
 def sign_feed_entry(

@@ -31,7 +31,13 @@ import nacl.exceptions
 import nacl.signing
 
 from . import bech32m, codec
-from .errors import ErrorCode, IdentityError, LocalProtocolError, SignatureError
+from .errors import (
+    ErrorCode,
+    IdentityError,
+    LocalProtocolError,
+    SignatureError,
+    StarlingError,
+)
 
 __all__ = [
     "PEER_ID_HRP",
@@ -44,6 +50,7 @@ __all__ = [
     "read_envelope",
     "seal",
     "signing_input",
+    "verify_batch",
 ]
 
 SEED_SIZE = 32
@@ -160,6 +167,25 @@ def signing_input(domain: str, payload: bytes) -> bytes:
     """The bytes an identity signs: context, domain length and domain, payload [ID-R20]."""
     raw = _check_domain(domain)
     return SIGNATURE_CONTEXT + bytes((len(raw),)) + raw + bytes(payload)
+
+
+def verify_batch(items: list[tuple[bytes, str, bytes, bytes]]) -> list[StarlingError | None]:
+    """Check many signatures ``[(key, domain, payload, signature)]``, each on its own:
+    per item None when it holds, else the error that ``PublicKey(key).verify`` raises."""
+    out: list[StarlingError | None] = []
+    prefixes: dict[str, bytes] = {}  # domain -> signing input before the payload [ID-R20]
+    for key, domain, payload, signature in items:
+        try:
+            prefix = prefixes.get(domain)
+            if prefix is None:
+                prefix = prefixes[domain] = signing_input(domain, b"")
+            # The key's checks [ID-R10] [ID-R11] come first, as in PublicKey(key).verify.
+            ed25519_verify(key, prefix + payload, signature)
+        except StarlingError as exc:
+            out.append(exc)
+        else:
+            out.append(None)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

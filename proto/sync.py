@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -583,7 +583,9 @@ class SyncSession:
         self.stats: dict[str, int] = {}
         self._tokens = self.config.burst
         self._refilled = now
-        self._out: deque[bytes] = deque()
+        # Frames to send; a sync reply's ENTRIES are encoded as they are taken (a
+        # generator here), so that the first leaves before the last is encoded.
+        self._out: deque[bytes | Iterator[bytes]] = deque()
         self._events: deque[SyncEvent] = deque()
         self._peer_holds: set[bytes] = set()
         self._have_sent: set[bytes] = set()
@@ -629,9 +631,24 @@ class SyncSession:
         return set(self._peer_holds)
 
     def frames_to_send(self) -> list[bytes]:
-        out = list(self._out)
-        self._out.clear()
+        out: list[bytes] = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
         return out
+
+    def next_frame(self) -> bytes | None:
+        """The next frame to send (None: nothing now); ``frames_to_send`` takes them all."""
+        out = self._out
+        while out:
+            head = out[0]
+            if isinstance(head, bytes):
+                out.popleft()
+                return head
+            frame = next(head, None)
+            if frame is not None:
+                return frame
+            out.popleft()
+        return None
 
     def next_event(self) -> SyncEvent | None:
         return self._events.popleft() if self._events else None
@@ -733,28 +750,26 @@ class SyncSession:
         elif replica.behind(parts[0].heads, lengths):
             self._request(community, (parts[0].heads, lengths))  # it holds what we lack [COM-R66]
         authority, feeds = replica.lacking(parts[0].heads, lengths)
-        self._send_entries(community, authority, feeds)
+        self._out.append(self._entries(community, authority, feeds))
         self._out.append(Done(community).encode())
 
-    def _send_entries(self, community: bytes, authority: list[bytes], feeds: list[bytes]) -> None:
+    def _entries(
+        self, community: bytes, authority: list[bytes], feeds: list[bytes]
+    ) -> Iterator[bytes]:
+        """The ENTRIES messages carrying ``authority`` then ``feeds``, encoded one by one."""
         cfg = self.config
         auth: list[bytes] = []
         feed: list[bytes] = []
         size = 0
-
-        def flush() -> None:
-            nonlocal auth, feed, size
-            if auth or feed:
-                self._out.append(Entries(community, tuple(auth), tuple(feed)).encode())
-            auth, feed, size = [], [], 0
-
         for is_authority, raws in ((True, authority), (False, feeds)):
             for raw in raws:
-                if (
+                if (auth or feed) and (
                     size + len(raw) + 8 > cfg.batch_bytes
                     or len(auth) + len(feed) >= cfg.max_entries
                 ):
-                    flush()
+                    yield Entries(community, tuple(auth), tuple(feed)).encode()
+                    auth, feed, size = [], [], 0
                 (auth if is_authority else feed).append(raw)
                 size += len(raw) + 8
-        flush()
+        if auth or feed:
+            yield Entries(community, tuple(auth), tuple(feed)).encode()

@@ -33,7 +33,7 @@ from starling.proto import codec, identity
 from starling.proto import community as com
 from starling.proto import feeds as fd
 from starling.proto.community import AuthorityLog, Role
-from starling.proto.errors import ErrorCode, LocalProtocolError
+from starling.proto.errors import ErrorCode, LocalProtocolError, StarlingError
 from starling.proto.feeds import FeedSet, Outcome
 from starling.proto.identity import PrivateKey
 
@@ -461,3 +461,37 @@ def test_flat_structure_and_paging_at_scale(world: World) -> None:
     assert [m.text for m in last] == [f"m{i}" for i in range(n - 100, n)]
     prev = feeds.page(world.general, before=last[0].cursor, limit=100)
     assert [m.text for m in prev] == [f"m{i}" for i in range(n - 200, n - 100)]
+
+
+def test_batch_signature_checks_judge_as_one_check_at_a_time() -> None:
+    """``verify_serially`` (and ``failed_signatures``, what a node's worker processes
+    answer) give each item the verdict ``PublicKey(key).verify`` gives it, with its code."""
+    signer = PrivateKey(b"\x05" * 32)
+    payload = b"a feed entry's payload"
+    good = signer._key.sign(identity.signing_input(fd.FEED_DOMAIN, payload)).signature
+    big_s = good[:32] + (identity._L + 1).to_bytes(32, "little")
+    items = [
+        (signer.public_key.raw, fd.FEED_DOMAIN, payload, good),
+        (signer.public_key.raw, fd.FEED_DOMAIN, payload + b"!", good),  # altered
+        (signer.public_key.raw, "starling/other-domain/1", payload, good),  # another domain
+        (signer.public_key.raw, "not a domain", payload, good),
+        (signer.public_key.raw, fd.FEED_DOMAIN, payload, good[:63]),  # short
+        (signer.public_key.raw, fd.FEED_DOMAIN, payload, big_s),  # S not below L
+        ((1).to_bytes(32, "little"), fd.FEED_DOMAIN, payload, good),  # small-order key
+        (b"\xff" * 32, fd.FEED_DOMAIN, payload, good),  # not canonical
+    ]
+
+    def one(item: tuple[bytes, str, bytes, bytes]) -> ErrorCode | None:
+        key, domain, data, signature = item
+        try:
+            identity.PublicKey(key).verify(domain, data, signature)
+        except StarlingError as exc:
+            return exc.code
+        return None
+
+    expected = [one(item) for item in items]
+    assert expected[0] is None and all(code is not None for code in expected[1:])
+    assert len(set(expected[1:])) >= 5  # the items fail for different reasons
+    got = fd.verify_serially(items)
+    assert [None if e is None else e.code for e in got] == expected
+    assert fd.failed_signatures(items) == list(range(1, len(items)))

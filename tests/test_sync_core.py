@@ -322,3 +322,35 @@ def test_a_lack_learnt_while_a_have_is_outstanding_is_asked_for_after_its_done()
     assert sa.request(COMMUNITY) and not sa.request(COMMUNITY)
     pump(sa, sb)
     assert sa.stats["have_again"] == 1
+
+
+def test_a_sync_reply_is_taken_one_frame_at_a_time_in_order() -> None:
+    """``next_frame`` hands out a reply's ENTRIES one by one (each encoded when taken, so
+    that the first can leave before the last is encoded), then its DONE; the frames carry
+    exactly what the peer lacks, in order, as ``frames_to_send`` would."""
+    base, chan = founded()
+    full = replica(base)
+    writer = full.feeds.writer(ALICE, b"A" * 8)
+    for i in range(600):
+        writer.post(chan, f"message {i} " + "x" * 100, T0 + 100 + i)
+    sa, sb = SyncSession({COMMUNITY: full}, 0.0), SyncSession({COMMUNITY: replica(base)}, 0.0)
+    sb.hello(b"\x07" * 16)
+    sa.hello(b"\x08" * 16)
+    for frame in sb.frames_to_send():
+        sa.receive(frame, 0.0, NOW)  # HELLO: sa sends its HAVE
+    for frame in sa.frames_to_send():
+        sb.receive(frame, 0.0, NOW)  # HELLO and HAVE: sb sends its HAVE
+    for frame in sb.frames_to_send():
+        sa.receive(frame, 0.0, NOW)  # sb's HAVE: sa's reply is queued, not yet encoded
+    taken: list[bytes] = []
+    first = sa.next_frame()
+    assert first is not None and codec.decode(first)[0] == ENTRIES  # type: ignore[index]
+    assert not isinstance(sa._out[0], bytes)  # the rest of the reply is still to encode
+    taken.append(first)
+    while (frame := sa.next_frame()) is not None:
+        taken.append(frame)
+    assert sa.next_frame() is None and sa.frames_to_send() == []
+    kinds = [codec.decode(f)[0] for f in taken]  # type: ignore[index]
+    assert kinds == [ENTRIES] * (len(taken) - 1) + [DONE] and len(taken) > 3
+    carried = [raw for f in taken[:-1] for raw in decode_message(f).feeds]  # type: ignore[union-attr]
+    assert carried == full.feeds.lacking({})
