@@ -1073,9 +1073,7 @@ def run_scenario(
         data["extra"] = {
             # the ceiling without new sessions: receivers with a path of live sessions
             # from the publisher right after the crash
-            "reachable_before_meeting": _measure(probe, online, end, params, reachable_before)[
-                "reachable"
-            ],
+            "reachable_before_meeting": _reachable(probe, online, reachable_before),
             **(meeting.figures() if meeting is not None else {}),
         }
     return RunData(
@@ -1098,6 +1096,17 @@ def run_scenario(
 def _publish(sim: Simulator, core: GossipCore, addr: Address, payload: bytes) -> None:
     core.publish(payload, sim.now)
     sim.touch(addr)
+
+
+@dataclass(slots=True)
+class _Round:
+    """One survivor's meeting round: the members it will dial, and how far it got."""
+
+    queue: deque[int]
+    have: int  # sessions it believed live when the lookup answered
+    new: int = 0  # sessions this round made
+    inflight: int = 0
+    dials: int = 0  # dials started (a stagger timer acts only if none started since)
 
 
 class _Meeting:
@@ -1173,25 +1182,25 @@ class _Meeting:
         queue = deque(
             j for j in order if j != s and j not in neighbours and j not in self.unreached[s]
         )
-        state = {"queue": queue, "have": self.believed[s], "new": 0, "inflight": 0, "gen": 0}
+        state = _Round(queue, self.believed[s])
         if not self._next_dial(s, state):
             self._round_done(s)
 
-    def _stagger(self, s: int, state: dict[str, Any], gen: int) -> None:
-        if state["gen"] == gen:  # no answer and no new dial since: one more
+    def _stagger(self, s: int, state: _Round, dials: int) -> None:
+        if state.dials == dials:  # no answer and no new dial since: one more
             self._next_dial(s, state)
 
-    def _next_dial(self, s: int, state: dict[str, Any]) -> bool:
-        queue = state["queue"]
-        while queue and state["have"] + state["new"] < self.p.meet_target:
+    def _next_dial(self, s: int, state: _Round) -> bool:
+        queue = state.queue
+        while queue and state.have + state.new < self.p.meet_target:
             j = queue.popleft()
             if j in self.topo.neighbours[s]:  # it dialled us meanwhile
                 continue
             self.dials += 1
-            state["inflight"] += 1
-            state["gen"] += 1
+            state.inflight += 1
+            state.dials += 1
             now = self.sim.now
-            self.sim.call_at(now + self.p.meet_stagger_s, self._stagger, s, state, state["gen"])
+            self.sim.call_at(now + self.p.meet_stagger_s, self._stagger, s, state, state.dials)
             if self.online[j]:
                 lat = self.sim.latency
                 a, b = self.topo.addresses[s], self.topo.addresses[j]
@@ -1202,8 +1211,8 @@ class _Meeting:
             return True
         return False
 
-    def _dialled(self, s: int, j: int, state: dict[str, Any]) -> None:
-        state["inflight"] -= 1
+    def _dialled(self, s: int, j: int, state: _Round) -> None:
+        state.inflight -= 1
         if not self.online[j]:
             self.unreached[s].add(j)
         elif j not in self.topo.neighbours[s]:
@@ -1216,11 +1225,11 @@ class _Meeting:
             self.sim.touch(b)
             self.believed[s] += 1
             self.believed[j] += 1
-            state["new"] += 1
+            state.new += 1
             self.met += 1
             self.first_met = now if self.first_met is None else self.first_met
             self.last_met = now
-        if not self._next_dial(s, state) and state["inflight"] == 0:
+        if not self._next_dial(s, state) and state.inflight == 0:
             self._round_done(s)
 
     def _round_done(self, s: int) -> None:
@@ -1248,6 +1257,17 @@ def _components(topo: Topology, online: bytearray) -> list[int]:
     return label
 
 
+def _reachable(probe: Probe, online: bytearray, component: list[int]) -> list[float]:
+    """Per message: the fraction of its receivers (online members but its publisher) in
+    the publisher's connected component of live sessions."""
+    sizes: dict[int, int] = {}
+    for c in component:
+        if c >= 0:
+            sizes[c] = sizes.get(c, 0) + 1
+    receivers = max(1, sum(online) - 1)  # the publisher is online
+    return [(sizes[component[publisher]] - 1) / receivers for publisher, _, _ in probe.messages]
+
+
 def _measure(
     probe: Probe, online: bytearray, end: float, params: HarnessParams, component: list[int]
 ) -> dict[str, Any]:
@@ -1260,11 +1280,6 @@ def _measure(
     by_push_by_size: dict[int, list[float]] = {}
     by_eager: list[float] = []
     by_eager_by_size: dict[int, list[float]] = {}
-    reachable: list[float] = []
-    sizes: dict[int, int] = {}
-    for c in component:
-        if c >= 0:
-            sizes[c] = sizes.get(c, 0) + 1
     expected = 0
     deliveries = 0
     live = [i for i in range(probe.n) if online[i]]
@@ -1294,7 +1309,6 @@ def _measure(
         by_push_by_size.setdefault(size, []).append(by_push[-1])
         by_eager.append(sum(eager_row[v] for v in receivers) / n_recv)
         by_eager_by_size.setdefault(size, []).append(by_eager[-1])
-        reachable.append((sizes[component[publisher]] - 1) / n_recv)
         for t, fractions in coverage_at.items():
             if t_pub + t <= end + 1e-9:
                 fractions.append(sum(1 for x in got if x <= t) / n_recv)
@@ -1311,7 +1325,7 @@ def _measure(
         "by_push_by_size": by_push_by_size,
         "by_eager": by_eager,
         "by_eager_by_size": by_eager_by_size,
-        "reachable": reachable,
+        "reachable": _reachable(probe, online, component),
     }
 
 

@@ -143,7 +143,6 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        self.ready = False
 
     def _read(self, size: int) -> bytes:
         assert self.proc.stdout is not None
@@ -153,10 +152,8 @@ class _Worker:
         return data
 
     def wait_ready(self) -> None:
-        if not self.ready:
-            if self._read(1) != b"R":
-                raise ConnectionError("the signature-checking process did not start")
-            self.ready = True
+        if self._read(1) != b"R":
+            raise ConnectionError("the signature-checking process did not start")
 
     def failed(self, items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
         assert self.proc.stdin is not None

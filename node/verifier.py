@@ -29,6 +29,12 @@ def _read(stream: BinaryIO, size: int) -> bytes | None:
     return data if data is not None and len(data) == size else None
 
 
+def failed_signatures(items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
+    """The indexes of ``items`` whose signature does not hold: the worker's answer (the
+    node then judges those items itself, for their errors)."""
+    return [i for i, error in enumerate(verify_batch(items)) if error is not None]
+
+
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     answers.write(READY)
     answers.flush()
@@ -36,8 +42,7 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         body = _read(requests, int.from_bytes(head, "big"))
         if body is None:
             return
-        errors = verify_batch(pickle.loads(body))
-        answer = pickle.dumps([i for i, error in enumerate(errors) if error is not None])
+        answer = pickle.dumps(failed_signatures(pickle.loads(body)))
         answers.write(len(answer).to_bytes(4, "big") + answer)
         answers.flush()
 

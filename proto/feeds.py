@@ -75,7 +75,6 @@ __all__ = [
     "Message",
     "Outcome",
     "Prepared",
-    "failed_signatures",
     "feed_entry_id",
     "hlc_next",
     "hlc_physical",
@@ -375,13 +374,6 @@ BatchVerifier = Callable[[list[tuple[bytes, str, bytes, bytes]]], list[StarlingE
 def verify_serially(items: list[tuple[bytes, str, bytes, bytes]]) -> list[StarlingError | None]:
     """The ``BatchVerifier`` that checks every item in turn (``identity.verify_batch``)."""
     return identity.verify_batch(items)
-
-
-def failed_signatures(items: list[tuple[bytes, str, bytes, bytes]]) -> list[int]:
-    """The indexes of the items of ``verify_serially`` whose signature does not hold: what
-    a worker process checking a batch for a node sends back (the node then judges those
-    items itself, for their errors)."""
-    return [i for i, error in enumerate(verify_serially(items)) if error is not None]
 
 
 def sign_feed_entry(

@@ -465,7 +465,10 @@ def test_flat_structure_and_paging_at_scale(world: World) -> None:
 
 def test_batch_signature_checks_judge_as_one_check_at_a_time() -> None:
     """``verify_serially`` (and ``failed_signatures``, what a node's worker processes
-    answer) give each item the verdict ``PublicKey(key).verify`` gives it, with its code."""
+    answer, node/verifier.py) give each item the verdict ``PublicKey(key).verify`` gives
+    it, with its code."""
+    from starling.node.verifier import failed_signatures
+
     signer = PrivateKey(b"\x05" * 32)
     payload = b"a feed entry's payload"
     good = signer._key.sign(identity.signing_input(fd.FEED_DOMAIN, payload)).signature
@@ -494,4 +497,4 @@ def test_batch_signature_checks_judge_as_one_check_at_a_time() -> None:
     assert len(set(expected[1:])) >= 5  # the items fail for different reasons
     got = fd.verify_serially(items)
     assert [None if e is None else e.code for e in got] == expected
-    assert fd.failed_signatures(items) == list(range(1, len(items)))
+    assert failed_signatures(items) == list(range(1, len(items)))
