@@ -210,7 +210,7 @@ class StarlingSimCore:
         self._heartbeat_context = self.core.stats["heartbeats"] != beats
         self._events(now)
 
-    # -- the harness's two calls --------------------------------------------------------
+    # -- the harness's calls ------------------------------------------------------------
 
     def publish(self, payload: bytes, now: float) -> None:
         self._heartbeat_context = False
@@ -228,6 +228,12 @@ class StarlingSimCore:
             peer, now, outbound=outbound, peer_id=self.shared.peer_id(self.index_of[peer])
         )
         self.core.catch_up(peer, TOPIC, 0, now)
+        self._events(now)
+
+    def peer_suspect(self, peer: Any, now: float) -> None:
+        # What node/gossip.py does when the session reports itself suspect [GSP-R47].
+        self._heartbeat_context = False
+        self.core.set_peer_suspect(peer, True, now)
         self._events(now)
 
     def mesh_degree(self) -> int:

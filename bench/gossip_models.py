@@ -384,6 +384,9 @@ class GossipCore(Protocol):
       was detected); no datagram to or from it will pass again.
     * ``peer_up(peer, now, outbound)``: a new session with ``peer`` is up (a
       survivor met it after a crash); ``outbound``: this node dialled.
+    * ``peer_suspect(peer, now)``: what this node sent ``peer`` has gone
+      unacknowledged for a few probe timeouts (``peer`` crashed, its session
+      has not timed out yet). A core whose protocol has no use for it ignores it.
 
     The core reports to ``setup.probe``: ``received(...)`` for every full copy
     of a message it receives, ``sent_payload(n)`` with the payload bytes of
@@ -403,6 +406,8 @@ class GossipCore(Protocol):
     def peer_down(self, peer: Address, now: float) -> None: ...
 
     def peer_up(self, peer: Address, now: float, outbound: bool) -> None: ...
+
+    def peer_suspect(self, peer: Address, now: float) -> None: ...
 
 
 CoreFactory = Callable[[NodeSetup], GossipCore]
@@ -493,6 +498,9 @@ class NaivePushCore:
         q = self.index_of[peer]
         if q not in self.peers:
             self.peers.append(q)
+
+    def peer_suspect(self, peer: Address, now: float) -> None:
+        return None  # push-once has no state a dead peer could be taken out of
 
 
 def naive_push(setup: NodeSetup) -> NaivePushCore:
@@ -640,6 +648,11 @@ class GossipSubCore:
         if outbound:
             self.outbound.add(q)
         self.hello_pending.discard(q)
+
+    def peer_suspect(self, peer: Address, now: float) -> None:
+        # GossipSub v1.1 takes a peer out of its mesh when the connection closes, and
+        # has no signal before that: the model runs it as specified.
+        return None
 
     # -- message processing (v1.0 "Message Processing")
 
@@ -937,6 +950,14 @@ class HarnessParams:
     presence_interval_s: float = 60.0
     handshake_rtts: float = 2.0
     heartbeat_s: float = 1.0  # "after two heartbeats" = coverage at 2 x this after publish
+    # A session whose data goes unacknowledged becomes *suspect* long before it times
+    # out (spec/02-secure-session.md 3.5): ``suspect_ptos`` probe timeouts after the
+    # first unacknowledged send to a crashed peer, at least ``suspect_min_s``. The PTO
+    # is 2 x RTT + 25 ms (smoothed RTT + 4 x RTT variance, taken as RTT / 4, + the
+    # peer's maximum ACK delay). The sender's core hears of it by ``peer_suspect``;
+    # ``suspect_ptos`` 0: never.
+    suspect_ptos: float = 3.0
+    suspect_min_s: float = 0.5
 
     @classmethod
     def quick(cls) -> HarnessParams:
@@ -1038,6 +1059,9 @@ def run_scenario(
             sim.crash(addresses[v])
         reachable_before = _components(topo, online)
         meeting = _Meeting(sim, topo, cores, online, params, start)
+        suspicion = _Suspicion(sim, topo, cores, online, params)
+        if params.suspect_ptos > 0:
+            sim.on_undeliverable = suspicion.undeliverable
         low, high = params.detect_delay_s
         for v in victims:
             for s in sorted(topo.neighbours[v]):
@@ -1050,6 +1074,7 @@ def run_scenario(
         observe = params.settle_s
         reachable_before = None
         meeting = None
+        suspicion = None
     live = [i for i in range(nodes) if online[i]]
     count = per_size * len(params.sizes)
     for j in range(count):
@@ -1075,6 +1100,7 @@ def run_scenario(
             # from the publisher right after the crash
             "reachable_before_meeting": _reachable(probe, online, reachable_before),
             **(meeting.figures() if meeting is not None else {}),
+            "suspected_sessions": suspicion.suspected if suspicion is not None else 0,
         }
     return RunData(
         nodes=nodes,
@@ -1107,6 +1133,45 @@ class _Round:
     new: int = 0  # sessions this round made
     inflight: int = 0
     dials: int = 0  # dials started (a stagger timer acts only if none started since)
+
+
+class _Suspicion:
+    """Survivors' transports noticing that what they send a crashed peer goes
+    unacknowledged (see :class:`HarnessParams`, ``suspect_*``)."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        topo: Topology,
+        cores: list[GossipCore],
+        online: bytearray,
+        params: HarnessParams,
+    ) -> None:
+        self.sim, self.topo, self.cores, self.online, self.p = sim, topo, cores, online, params
+        self.pairs: set[tuple[int, int]] = set()  # (sender, crashed peer) already timed
+        self.suspected = 0
+
+    def undeliverable(self, src: Address, dst: Address, now: float) -> None:
+        index_of = self.topo.index_of
+        s, d = index_of[src], index_of[dst]
+        if not self.online[s] or (s, d) in self.pairs:
+            return
+        # The first unacknowledged datagram since the crash starts the clock: later
+        # sends do not restart it (no acknowledgement came in between).
+        self.pairs.add((s, d))
+        lat = self.sim.latency
+        one_way = lat.one_way(src, dst)
+        rtt = one_way + lat.one_way(dst, src)
+        pto = 2 * rtt + 0.025
+        sent = now - one_way
+        at = sent + max(self.p.suspect_ptos * pto, self.p.suspect_min_s)
+        self.sim.call_at(max(now, at), self._suspect, s, d)
+
+    def _suspect(self, s: int, d: int) -> None:
+        addr = self.topo.addresses[s]
+        self.suspected += 1
+        self.cores[s].peer_suspect(self.topo.addresses[d], self.sim.now)
+        self.sim.touch(addr)
 
 
 class _Meeting:
@@ -1453,6 +1518,8 @@ def _meeting_summary(runs: list[RunData]) -> dict[str, Any]:
             "first_session_s": min(firsts) if firsts else None,
             "last_session_s": max(lasts) if lasts else None,
         },
+        # sessions survivors found suspect before they timed out (spec/02 3.5)
+        "suspected_sessions_per_run": _mean([r.extra["suspected_sessions"] for r in runs]),
     }
 
 

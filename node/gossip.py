@@ -14,6 +14,9 @@ waits for the other to pick a stream, and the two directions stay in order.
   beyond that: the core's lazy pull and the next catch-up repair what it
   missed, and a slow peer cannot make the node buffer without bound.
 * A peer the core graylists has its session closed with ``GOSSIP_GRAYLISTED``.
+* A session that reports itself suspect (what we send goes unacknowledged)
+  makes its peer suspect in the core, which takes it out of the mesh at once
+  instead of at the idle timeout [GSP-R47]; the next acknowledgement clears it.
 * One asyncio timer follows ``core.get_timer()``.
 
 Applications read delivered messages with ``messages()`` (an async iterator)
@@ -46,7 +49,16 @@ from starling.proto.gossip import (
 from starling.proto.identity import PeerId
 from starling.proto.session import Role
 
-from .session import Node, Session, SessionDown, SessionEvent, SessionUp, Stream, StreamClosed
+from .session import (
+    Node,
+    Session,
+    SessionDown,
+    SessionEvent,
+    SessionSuspect,
+    SessionUp,
+    Stream,
+    StreamClosed,
+)
 
 log = logging.getLogger("starling.gossip")
 
@@ -172,6 +184,12 @@ class GossipService:
             return
         if isinstance(event, SessionUp):
             self._session_up(event.session)
+        elif isinstance(event, SessionSuspect):
+            link = self._links.get(event.session.peer_id)
+            if link is not None and link.session is event.session:
+                self.stats["suspected" if event.suspect else "unsuspected"] += 1
+                self.core.set_peer_suspect(event.session.peer_id, event.suspect, self._loop.time())
+                self._flush()
         elif isinstance(event, SessionDown):
             self._served.discard(event.session)
             self._incoming.pop(event.session, None)

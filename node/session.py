@@ -20,6 +20,15 @@ drain the connection's events, transmit, re-arm one timer per connection.
 Backpressure: aioquic buffers whatever is written to a stream. ``Stream.send``
 waits while more than ``SEND_HIGH_WATER`` bytes of the stream are unacknowledged,
 so a sender that outruns its peer waits instead of buffering without bound.
+
+Liveness (spec/02-secure-session.md 3.5): a peer that vanishes without a word
+is noticed by the idle timeout, 30 s after it last spoke. Long before that, the
+acknowledgements stop: once what a session sent has gone unacknowledged for
+``suspect_ptos`` probe timeouts (and ``suspect_min`` seconds), the session is
+*suspect* and the node emits ``SessionSuspect(session, True)``; the next
+acknowledgement clears it (``SessionSuspect(session, False)``). The session
+stays open either way: applications route around it (gossip takes the peer
+out of its mesh) and the idle timeout still decides its end.
 """
 
 from __future__ import annotations
@@ -123,7 +132,16 @@ class SessionDown:
     by_peer: bool
 
 
-SessionEvent = SessionUp | SessionDown
+@dataclass(frozen=True)
+class SessionSuspect:
+    """What ``session`` sent has gone unacknowledged for several probe timeouts
+    (``suspect``), or an acknowledgement came again (not ``suspect``) [SES-R22]."""
+
+    session: Session
+    suspect: bool
+
+
+SessionEvent = SessionUp | SessionDown | SessionSuspect
 StreamHandler = Callable[["Stream"], Awaitable[None]]
 
 
@@ -136,6 +154,11 @@ class NodeConfig:
     port: int = 0
     idle_timeout: float = 30.0
     keepalive_interval: float = 10.0  # below common ~30 s NAT UDP mapping lifetimes
+    # A session is suspect once its sent data has gone unacknowledged for this many
+    # probe timeouts (RFC 9002's PTO, about RTT + 25 ms on a quiet path), and at least
+    # ``suspect_min`` seconds: a peer's event loop busy for a moment is not a dead peer.
+    suspect_ptos: float = 3.0
+    suspect_min: float = 0.5
     handshake_timeout: float = 10.0
     max_sessions: int = 1024
     # Unfinished handshakes: per source IP (a carrier-grade NAT puts many people behind
@@ -444,6 +467,13 @@ class Session:
             quic.held = self._held
         self._progress = asyncio.Event()
         self._last_activity = self._loop.time()
+        # Liveness [SES-R22]: the largest packet number acknowledged so far, since when
+        # ack-eliciting data has waited for an acknowledgement, and the timer that
+        # re-checks once it could have waited too long.
+        self.suspect = False
+        self._acked_seen = -1
+        self._unacked_since: float | None = None
+        self._liveness_timer: asyncio.TimerHandle | None = None
         self._handshake_timer = self._loop.call_later(
             node.config.handshake_timeout, self._on_handshake_timeout
         )
@@ -591,6 +621,59 @@ class Session:
                 self._timer.cancel()
             self._timer = None if timer_at is None else self._loop.call_at(timer_at, self._on_timer)
             self._timer_at = timer_at
+        if self.keys is not None and not self.closed:
+            self._check_liveness(now)
+
+    def _check_liveness(self, now: float) -> None:
+        """Suspect the session when its ack-eliciting data has waited for an
+        acknowledgement for ``suspect_ptos`` PTOs; clear it at the next one [SES-R22].
+
+        The clock starts at the oldest packet in flight when no acknowledgement came
+        since the last check, and restarts at every acknowledgement of a new packet:
+        aioquic resends a probe's data in new packets, so "the oldest packet in
+        flight" alone would restart at every PTO. (Private attributes of aioquic's
+        recovery: pinned by tests/test_session.py.)"""
+        quic = self._quic
+        space = quic._spaces.get(tls.Epoch.ONE_RTT)
+        if space is None:
+            return
+        acked = space.largest_acked_packet
+        if acked != self._acked_seen:
+            self._acked_seen = acked
+            self._unacked_since = None
+            if self.suspect:
+                self.suspect = False
+                self.stats["unsuspected"] += 1
+                self.node._emit(SessionSuspect(self, False))
+        if not space.ack_eliciting_in_flight:
+            self._unacked_since = None
+            return
+        if self._unacked_since is None:
+            oldest = next(
+                (p.sent_time for p in space.sent_packets.values() if p.is_ack_eliciting), now
+            )
+            self._unacked_since = oldest
+        if self.suspect:
+            return
+        config = self.node.config
+        wait = max(config.suspect_ptos * quic._loss.get_probe_timeout(), config.suspect_min)
+        due = self._unacked_since + wait
+        if now >= due:
+            self.suspect = True
+            self.stats["suspected"] += 1
+            log.info(
+                "%r is suspect: nothing acknowledged for %.2f s", self, now - self._unacked_since
+            )
+            self.node._emit(SessionSuspect(self, True))
+        elif self._liveness_timer is None or self._liveness_timer.when() > due:
+            if self._liveness_timer is not None:
+                self._liveness_timer.cancel()
+            self._liveness_timer = self._loop.call_at(due, self._on_liveness_timer)
+
+    def _on_liveness_timer(self) -> None:
+        self._liveness_timer = None
+        if self.keys is not None and not self.closed:
+            self._check_liveness(self._loop.time())
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -762,6 +845,9 @@ class Session:
             ):
                 self._quic.close(error_code=code, reason_phrase=reason[:200])
             self._handshake_timer.cancel()
+            if self._liveness_timer is not None:
+                self._liveness_timer.cancel()
+                self._liveness_timer = None
             for stream in self._streams.values():
                 stream._fail(StreamClosed(code, "session closed"))
             self._streams.clear()

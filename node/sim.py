@@ -36,6 +36,9 @@ core's current one are skipped when they come up.
 A crashed (removed) node vanishes without notice: datagrams that reach its
 address are dropped and counted, its timer never fires again, and nothing it
 had queued is ever drained. Datagrams it sent before the crash still arrive.
+``on_undeliverable(src, dst, now)``, if set, hears of each datagram dropped so
+(when it would have arrived), and may schedule calls: what a sender's transport
+infers from the missing acknowledgements is the caller's to model.
 
 Addresses are labels, never used on a socket: :meth:`Simulator.allocate_address`
 hands out ``("10.x.y.z", 4000)``, each in its own /24 (the first 65,536 of them).
@@ -456,6 +459,8 @@ class Simulator:
         self._gen = itertools.count()
         self._nodes: dict[Address, _Node] = {}
         self._touched: dict[Address, None] | None = None  # set while a scheduled fn runs
+        # Called with (src, dst, now) for each datagram that reached a crashed address.
+        self.on_undeliverable: Callable[[Address, Address, float], None] | None = None
 
     # -- nodes
 
@@ -593,6 +598,8 @@ class Simulator:
                         self.network.stats[ev[5]].datagrams_dropped += 1
                         if trace is not None:
                             trace.append((now, "drop", ev[5], dst, data))
+                        if self.on_undeliverable is not None:
+                            self.on_undeliverable(ev[5], dst, now)
                         continue
                     st = node.stats
                     st.datagrams_received += 1

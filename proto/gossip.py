@@ -65,6 +65,10 @@ store=None, epoch_offset=0.0)``
 ``add_peer(peer, now, outbound=False, peer_id=None)`` / ``remove_peer(peer, now)``
     a gossip stream to ``peer`` opened / closed. ``outbound``: we dialled it;
     ``peer_id``: the raw peer ID the session authenticated (for the author relay).
+``set_peer_suspect(peer, suspect, now)``
+    the session with ``peer`` reports that what we send it goes unacknowledged
+    (``True``) or is acknowledged again (``False``): a suspect peer leaves the
+    meshes, and nothing but answers is sent to it [GSP-R47].
 ``set_peer_hint(peer, hint)``
     opaque bytes (for example a signed peer record) given to others as peer
     exchange when we prune them; ``None`` clears it.
@@ -104,6 +108,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -706,6 +711,9 @@ class GossipConfig:
     sync_every: int | None = 10
     sync_window: float = 120.0
     sync_alive: float = 5.0
+    # A mesh peer turned suspect [GSP-R47]: catch up since this long before we last
+    # heard from it (authors' clocks differ a little; anti-entropy covers the rest).
+    repair_margin: float = 10.0
     heartbeat: float = 1.0
     flood_publish: bool = True  # own messages to every topic peer, not only the mesh [GSP-R23]
     # Eager push: how many mesh peers get the body of a forwarded message; the other
@@ -835,6 +843,7 @@ class _Peer:
         "refilled",
         "served",
         "served_reset",
+        "suspect",
         "syncs",
         "syncs_out",
         "tokens",
@@ -852,6 +861,7 @@ class _Peer:
         self.hint: bytes | None = None
         self.peer_id: bytes | None = None
         self.heard = now  # when a frame last came from this peer
+        self.suspect = False  # the session says our data goes unacknowledged [GSP-R47]
         self.dontwant: dict[bytes, float] = {}
         self.served: dict[bytes, int] = {}
         self.served_reset = now
@@ -862,7 +872,16 @@ class _Peer:
 
 
 class _Topic:
-    __slots__ = ("choked_by", "choking", "eager_since", "last_time", "mesh", "recent", "score")
+    __slots__ = (
+        "choked_by",
+        "choking",
+        "eager_since",
+        "last_time",
+        "mesh",
+        "recent",
+        "repaired",
+        "score",
+    )
 
     def __init__(self) -> None:
         self.mesh: dict[Peer, None] = {}
@@ -875,6 +894,7 @@ class _Topic:
         self.choked_by: dict[Peer, None] = {}
         self.eager_since: dict[Peer, float] = {}
         self.score: dict[Peer, float] = {}
+        self.repaired = -math.inf  # the last catch-up for a mesh link gone dark [GSP-R47]
 
 
 class _Want:
@@ -1159,6 +1179,49 @@ class GossipNode:
             while len(self._penalty_memory) > 4096:
                 self._penalty_memory.popitem(last=False)
 
+    def set_peer_suspect(self, peer: Peer, suspect: bool, now: float) -> None:
+        """The session with ``peer`` says whether what we send it goes unacknowledged
+        (02-secure-session, 3.5): a suspect peer leaves every mesh at once, its
+        replacements are grafted at once, and it gets nothing but answers until the
+        session says otherwise or ends [GSP-R47]."""
+        self._now = now
+        p = self._peers.get(peer)
+        if p is None or p.suspect == suspect:
+            return
+        p.suspect = suspect
+        if not suspect:
+            self.stats["unsuspected"] += 1
+            return
+        self.stats["suspected"] += 1
+        for topic, state in self._topics.items():
+            if peer in state.mesh:
+                self._prune(topic, state, peer)
+                self._maintain(topic, state)
+                self._repair(topic, state, p)
+
+    def _repair(self, topic: bytes, state: _Topic, lost: _Peer) -> None:
+        """A mesh link went dark: what it should have brought since is missing. Catch
+        up for that time with a topic peer heard from lately, at most once a heartbeat
+        per topic [GSP-R47]."""
+        now, cfg = self._now, self.config
+        if now - state.repaired < cfg.heartbeat:
+            return
+        peers = self._peers
+        alive = [
+            h
+            for h in self._topic_peers.get(topic, ())
+            if h != lost.handle
+            and self._usable(peers[h])
+            and now - peers[h].heard <= cfg.sync_alive
+            and (h, topic) not in self._syncs
+        ]
+        if not alive:
+            return
+        state.repaired = now
+        since = max(lost.heard - cfg.repair_margin, now - cfg.sync_window)
+        self.stats["repairs"] += 1
+        self.catch_up(self._shuffled(alive)[0], topic, int((since + self.epoch_offset) * 1000), now)
+
     def set_peer_hint(self, peer: Peer, hint: bytes | None) -> None:
         """Opaque bytes others may dial ``peer`` by, given away in PRUNE [GSP-R43]."""
         p = self._peers.get(peer)
@@ -1229,7 +1292,7 @@ class GossipNode:
         frame = _with_hops(message.frame, 1)  # the first link [GSP-R28]
         for handle in targets:
             p = self._peers[handle]
-            if not p.graylisted:
+            if not p.graylisted and not p.suspect:
                 self._send(p, PUBLISH, frame)
         if state is not None:
             state.recent.append((now, message.id))
@@ -1297,6 +1360,11 @@ class GossipNode:
         return out
 
     # -- faults and penalties --------------------------------------------------------------
+
+    @staticmethod
+    def _usable(p: _Peer) -> bool:
+        """A peer to announce to, ask, sync with or graft: neither graylisted nor suspect."""
+        return not p.graylisted and not p.suspect
 
     def _fault(self, p: _Peer, exc: StarlingError) -> None:
         self.stats[f"rejected_{exc.code.name}"] += 1
@@ -1573,7 +1641,7 @@ class GossipNode:
             wide = state.mesh
         for handle in wide:
             q = self._peers[handle]
-            if handle == source or q.graylisted or mid in q.dontwant:
+            if handle == source or q.graylisted or q.suspect or mid in q.dontwant:
                 continue
             # A mesh peer that choked us gets the ID instead of the body [GSP-R45].
             if quiet or (handle in state.choked_by and relay is None):
@@ -1588,7 +1656,7 @@ class GossipNode:
             others = [
                 h
                 for h in self._topic_peers.get(message.topic, ())
-                if h not in state.mesh and h != source and not self._peers[h].graylisted
+                if h not in state.mesh and h != source and self._usable(self._peers[h])
             ]
             lazy.extend(self._sample(others, cfg.lazy_fanout))
         # A message too large to push to anyone: say so, and the receiver pulls it without
@@ -1705,7 +1773,7 @@ class GossipNode:
                     want.due = now + self._pull_delay()
                     heapq.heappush(self._deferred, (want.due, mid))
                 continue
-            if p.iwant_out < cfg.max_iwant_ids_out:
+            if p.iwant_out < cfg.max_iwant_ids_out and not p.suspect:
                 want.asked = p.handle
                 want.deadline = now + cfg.iwant_timeout
                 p.iwant_out += 1
@@ -1806,7 +1874,8 @@ class GossipNode:
     def _graft_candidates(
         self, topic: bytes, state: _Topic, outbound_only: bool = False
     ) -> list[Peer]:
-        """Topic peers we may graft, in a random order [GSP-R40] [GSP-R42]."""
+        """Topic peers we may graft, in a random order, those heard from lately first
+        [GSP-R40] [GSP-R42] [GSP-R47]: after a crash, most silent ones are dead."""
         now = self._now
         out = []
         for handle in self._topic_peers.get(topic, ()):
@@ -1815,13 +1884,15 @@ class GossipNode:
             p = self._peers[handle]
             if outbound_only and not p.outbound:
                 continue
-            if p.graylisted or p.penalty >= self.config.graylist_threshold / 2:
+            if p.graylisted or p.suspect or p.penalty >= self.config.graylist_threshold / 2:
                 continue
             key = (topic, handle)
             if self._backoff_ours.get(key, 0.0) > now or self._backoff_theirs.get(key, 0.0) > now:
                 continue
             out.append(handle)
-        return self._shuffled(out)
+        alive = self.config.sync_alive
+        peers = self._peers
+        return sorted(self._shuffled(out), key=lambda h: now - peers[h].heard > alive)
 
     def _graft(self, topic: bytes, state: _Topic, handle: Peer) -> None:
         state.mesh[handle] = None
@@ -1847,8 +1918,9 @@ class GossipNode:
         ordered = sorted(self._shuffled(others), key=lambda h: h not in state.mesh)
         hints = []
         for handle in ordered:
-            hint = self._peers[handle].hint
-            if hint is not None:
+            q = self._peers[handle]
+            hint = q.hint
+            if hint is not None and not q.suspect:
                 hints.append(hint)
                 if len(hints) >= min(self.config.px_count, MAX_PX):
                     break
@@ -1965,7 +2037,11 @@ class GossipNode:
                 continue
             for handle in want.announcers:
                 p = self._peers.get(handle)
-                if p is None or p.graylisted or self._tick(p).iwant_out >= cfg.max_iwant_ids_out:
+                if (
+                    p is None
+                    or not self._usable(p)
+                    or self._tick(p).iwant_out >= cfg.max_iwant_ids_out
+                ):
                     continue
                 p.iwant_out += 1
                 want.asked = handle
@@ -2017,7 +2093,7 @@ class GossipNode:
         candidates = [
             h
             for h in self._topic_peers.get(topic, ())
-            if h not in state.mesh and not self._peers[h].graylisted
+            if h not in state.mesh and self._usable(self._peers[h])
         ]
         if not candidates:
             return
@@ -2089,7 +2165,7 @@ class GossipNode:
             peers = [
                 h
                 for h in self._topic_peers.get(topic, ())
-                if not self._peers[h].graylisted and (h, topic) not in self._syncs
+                if self._usable(self._peers[h]) and (h, topic) not in self._syncs
             ]
             # Peers heard from lately first: after a crash, most silent ones are dead.
             alive = [h for h in peers if now - self._peers[h].heard <= cfg.sync_alive] or peers
@@ -2119,7 +2195,7 @@ class GossipNode:
             if want.asked is None:
                 for handle in want.announcers:
                     p = self._peers.get(handle)
-                    if p is None or p.graylisted:
+                    if p is None or not self._usable(p):
                         continue
                     self._tick(p)
                     if p.iwant_out < cfg.max_iwant_ids_out:

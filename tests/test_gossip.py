@@ -182,3 +182,41 @@ def test_a_closed_gossip_stream_is_replaced_and_nothing_is_lost() -> None:
             await b.stop()
 
     run(main)
+
+
+def test_a_peer_that_stops_acknowledging_leaves_the_mesh_long_before_its_session_ends() -> None:
+    """[GSP-R47] [SES-R22] A mesh peer that stops answering (its host froze, its link
+    went dark) is taken out of the mesh as soon as the session reports what was sent
+    to it unacknowledged, not 30 s later at the idle timeout; the others still get
+    every message, and the peer gets it too once it answers again."""
+
+    async def main() -> None:
+        a, b, c = Member("suspect a"), Member("suspect b"), Member("suspect c")
+        for m in (a, b, c):
+            await m.start()
+        try:
+            await connect(a, b)
+            await connect(a, c)
+            await connect(b, c)
+            assert a.gossip is not None and a.node is not None and b.node is not None
+            pb, pc = b.node.peer_id, c.node.peer_id
+            await eventually(lambda: a.gossip.core.mesh(TOPIC) == {pb, pc}, 10)
+            session = a.node.session_with(pb)
+            assert session is not None
+            b.node.endpoint.pause_reading()  # b hears nothing, so acknowledges nothing
+            first = a.publish(b"while b is silent")
+            await eventually(lambda: pb not in a.gossip.core.mesh(TOPIC), 10)
+            assert session.suspect and not session.closed
+            assert a.gossip.stats["suspected"] == 1
+            await eventually(lambda: first in c.seen, 10)
+            b.node.endpoint.resume_reading()
+            await eventually(lambda: not session.suspect, 10)
+            assert a.gossip.stats["unsuspected"] == 1
+            await eventually(lambda: first in b.seen, 10)
+            second = a.publish(b"after")
+            await eventually(lambda: second in b.seen and second in c.seen, 10)
+        finally:
+            for m in (a, b, c):
+                await m.stop()
+
+    run(main)

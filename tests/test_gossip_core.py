@@ -1295,3 +1295,57 @@ def test_the_publish_fast_path_agrees_with_the_general_decoder_on_hop_counts() -
             continue
         # Accepted only by the general decoder, as the same map it would give anyone.
         assert fields is not None and "hops" not in fields, frame.hex()
+
+
+# ----------------------------------------------------------------------------- suspect peers
+
+
+def test_a_suspect_mesh_peer_leaves_the_mesh_at_once_for_a_peer_heard_lately() -> None:
+    """[GSP-R47] A session that reports its data unacknowledged: the peer is pruned at
+    once (not at the 30 s idle timeout), a replacement is grafted at once, a peer heard
+    from lately before the silent ones, and the suspect peer is told nothing until the
+    session says it answers again."""
+    node = lone_node(GossipConfig(d=4, d_low=4, d_high=8, lazy_fanout=20, eager_max=None))
+    with_peers(node, *"abcd")
+    quiet = [f"quiet{i}" for i in range(6)]
+    for peer in ["lately", *quiet]:  # topic peers outside the mesh
+        node.add_peer(peer, 0.0)
+        node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    node.receive("lately", codec.encode({0: IHAVE, 1: TOPIC, 2: []}), 209.5)
+    node.frames_to_send(209.5)
+    assert node.mesh(TOPIC) == set("abcd")
+
+    node.receive("a", codec.encode({0: IHAVE, 1: TOPIC, 2: []}), 207.0)  # a's last word
+    node.set_peer_suspect("a", True, 210.0)
+    frames = [(dst, decode_message(f)) for dst, f in node.frames_to_send(210.0)]
+    sent = [(dst, kind) for dst, (kind, _) in frames]
+    assert ("a", PRUNE) in sent
+    assert ("lately", GRAFT) in sent and not any(k == GRAFT for d, k in sent if d != "lately")
+    assert node.mesh(TOPIC) == {"b", "c", "d", "lately"}
+    assert node.stats["suspected"] == 1
+    # What the dark link should have brought: a catch-up with the peer heard from lately,
+    # since shortly before a was last heard from (10 s of margin for authors' clocks).
+    syncs = [(dst, fields) for dst, (kind, fields) in frames if kind == SYNC]
+    assert syncs == [("lately", {"type": SYNC, "topic": TOPIC, "since": 197_000})]
+
+    # A message from b: IDs to every topic peer outside the mesh but the suspect one.
+    node.receive("b", publish_frame(sign_message(AUTHOR, TOPIC, 210_100, b"news")), 210.1)
+    told = {dst for dst, f in node.frames_to_send(210.1) if decode_message(f)[0] == IHAVE}
+    assert told == set(quiet)
+    # Its IHAVE is not followed up while it is suspect; another announcer's is.
+    later = sign_message(AUTHOR, TOPIC, 210_200, b"more news")
+    node.receive("a", codec.encode({0: IHAVE, 1: TOPIC, 2: [later.id], 3: True}), 210.2)
+    assert not [f for dst, f in node.frames_to_send(210.2) if decode_message(f)[0] == IWANT]
+    node.receive("quiet0", codec.encode({0: IHAVE, 1: TOPIC, 2: [later.id], 3: True}), 210.2)
+    asked = [dst for dst, f in node.frames_to_send(210.2) if decode_message(f)[0] == IWANT]
+    assert asked == ["quiet0"]
+
+    # The session answers again: the peer hears of new messages again (the backoff of
+    # its PRUNE still keeps it out of the mesh).
+    node.set_peer_suspect("a", False, 210.5)
+    assert node.stats["unsuspected"] == 1
+    node.receive("c", publish_frame(sign_message(AUTHOR, TOPIC, 210_600, b"again")), 210.6)
+    told = {dst for dst, f in node.frames_to_send(210.6) if decode_message(f)[0] == IHAVE}
+    assert told == {"a", *quiet}
+    node.handle_timer(211.0)
+    assert "a" not in node.mesh(TOPIC)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -319,6 +320,52 @@ def test_survivors_cut_off_by_a_crash_meet_members_and_catch_up() -> None:
     coverage = alone["coverage"]
     assert isinstance(coverage, float) and coverage < 1.0
     assert alone["reachable"] == before
+
+
+def test_survivors_find_sessions_to_crashed_peers_suspect_before_they_time_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A survivor's transport sees what it sends a crashed peer go unacknowledged
+    (spec/02 3.5) and tells the core long before the session times out, and Starling
+    takes the peer out of its mesh at once (spec/05 GSP-R47). With the signal off
+    (``suspect_ptos`` 0) the meshes keep their dead links until detection."""
+    import dataclasses
+
+    from bench.gossip import TOPIC, StarlingSimCore, starling_factory
+
+    dead_links: list[int] = []
+    detected = gossip_models._Meeting.detected
+
+    def first_detection(self: gossip_models._Meeting, s: int, dead: int) -> None:
+        if len(dead_links) < runs:  # count mesh links to crashed peers just before it
+            index_of = self.topo.index_of
+            dead_links.append(
+                sum(
+                    1
+                    for i, core in enumerate(self.cores)
+                    if self.online[i]
+                    for peer in cast(StarlingSimCore, core).core.mesh(TOPIC)
+                    if not self.online[index_of[peer]]
+                )
+            )
+        detected(self, s, dead)
+
+    monkeypatch.setattr(gossip_models._Meeting, "detected", first_detection)
+
+    def crash50(params: HarnessParams) -> dict[str, object]:
+        run = run_scenario(starling_factory(None, params), 200, 3, 0.5, params)
+        return summarize([run], params)
+
+    runs = 1
+    on = crash50(QUICK)
+    runs = 2
+    off = crash50(dataclasses.replace(QUICK, suspect_ptos=0.0))
+    suspected = on["suspected_sessions_per_run"]
+    assert isinstance(suspected, float) and suspected > 0
+    assert off["suspected_sessions_per_run"] == 0.0
+    with_signal, without = dead_links
+    assert without > 100  # half the mesh links of 100 survivors lead to the dead
+    assert with_signal < without / 10
 
 
 def test_parallel_runs_give_the_same_figures() -> None:

@@ -23,6 +23,7 @@ from starling.node.session import (
     SessionClosed,
     SessionDown,
     SessionEvent,
+    SessionSuspect,
     SessionUp,
     Stream,
     StreamClosed,
@@ -265,6 +266,35 @@ def test_keepalive_holds_an_idle_session_and_idle_timeout_ends_a_dead_one() -> N
         closed = await asyncio.wait_for(session.wait_closed(), 5)
         assert closed.code == ErrorCode.SESSION_IDLE_TIMEOUT
         assert not closed.by_peer
+        await client.close()
+        await server.close()
+
+    run(main)
+
+
+def test_a_session_whose_data_goes_unacknowledged_turns_suspect_and_back() -> None:
+    """[SES-R22] A peer that stops answering makes the session suspect a few probe
+    timeouts after the first unacknowledged send, long before the idle timeout ends
+    it; the next acknowledgement clears it. The session stays up throughout."""
+
+    async def main() -> None:
+        server, client = await two_nodes()  # idle timeout 30 s
+        session = await client.connect(server.addresses[0])
+        seen: list[SessionSuspect] = []
+        client.add_listener(lambda e: seen.append(e) if isinstance(e, SessionSuspect) else None)
+        assert await roundtrip(session) == b"ping"
+        assert not session.suspect
+        stream = await session.open_stream(SINK)
+        server.endpoint.pause_reading()  # the peer hears nothing: nothing is acknowledged
+        stream.send_nowait(b"are you there?")
+        await eventually(lambda: session.suspect, timeout=10.0)
+        assert not session.closed
+        assert seen == [SessionSuspect(session, True)]
+        server.endpoint.resume_reading()  # it reads what waited, and acknowledges
+        await eventually(lambda: not session.suspect, timeout=10.0)
+        assert seen == [SessionSuspect(session, True), SessionSuspect(session, False)]
+        assert await roundtrip(session) == b"ping"
+        assert session.stats["suspected"] == 1 and session.stats["unsuspected"] == 1
         await client.close()
         await server.close()
 
