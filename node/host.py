@@ -357,6 +357,8 @@ class Host:
                     "path": s.path.kind,
                     "address": list(s.path.direct) if s.path.direct else None,
                     "relay": s.path.circuit.relay.hex() if s.path.circuit else None,
+                    # what we sent has gone unacknowledged for a while (spec/02 3.5)
+                    "suspect": s.suspect,
                 }
                 for s in self.node.sessions
             ],

@@ -177,7 +177,7 @@ def test_hosts_decide_reachability_reserve_relays_and_connect_by_peer_id(
             await until(lambda: session.path.kind == "direct", "E-D punched direct")
             assert await echoes(e, d)
             entry = next(x for x in e.status()["sessions"] if x["peer_id"] == d.peer_id.text())
-            assert entry["path"] == "direct"
+            assert entry["path"] == "direct" and entry["suspect"] is False
 
             # C advertises its confirmed address: the session is direct from the start.
             assert await echoes(e, c)
