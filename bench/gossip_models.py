@@ -1135,9 +1135,9 @@ class _Round:
     dials: int = 0  # dials started (a stagger timer acts only if none started since)
 
 
-class _Suspicion:
-    """Survivors' transports noticing that what they send a crashed peer goes
-    unacknowledged (see :class:`HarnessParams`, ``suspect_*``)."""
+class _AfterCrash:
+    """What the models of survivors' reactions to a crash share: the network, its
+    cores, who is online, and the harness parameters."""
 
     def __init__(
         self,
@@ -1148,6 +1148,14 @@ class _Suspicion:
         params: HarnessParams,
     ) -> None:
         self.sim, self.topo, self.cores, self.online, self.p = sim, topo, cores, online, params
+
+
+class _Suspicion(_AfterCrash):
+    """Survivors' transports noticing that what they send a crashed peer goes
+    unacknowledged (see :class:`HarnessParams`, ``suspect_*``)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.pairs: set[tuple[int, int]] = set()  # (sender, crashed peer) already timed
         self.suspected = 0
 
@@ -1174,7 +1182,7 @@ class _Suspicion:
         self.sim.touch(addr)
 
 
-class _Meeting:
+class _Meeting(_AfterCrash):
     """Survivors noticing lost sessions and meeting members through presence records
     (see :class:`HarnessParams`, ``meet_*``): what a node does by spec/06 COM-R68."""
 
@@ -1187,7 +1195,7 @@ class _Meeting:
         params: HarnessParams,
         crash_at: float,
     ) -> None:
-        self.sim, self.topo, self.cores, self.online, self.p = sim, topo, cores, online, params
+        super().__init__(sim, topo, cores, online, params)
         self.crash_at = crash_at
         self.rng = sim.child_rng("meeting")
         n = len(cores)
