@@ -40,6 +40,11 @@ Delivery has three paths, from fastest to most complete:
   it holds for a topic since a time, SYNC_PAGE answers page by page, and the
   asker pulls what it lacks [GSP-R60] [GSP-R61] [GSP-R62].
 
+A peer whose session reports our data unacknowledged (``set_peer_suspect``,
+a crash the idle timeout would notice only 30 s later) leaves the mesh at
+once; replacements are grafted at once, peers heard from lately first, and a
+catch-up with one of them brings what the dark link missed [GSP-R47].
+
 What bounds memory: a seen-cache of IDs only, by count and TTL [GSP-R30]; a
 message cache of bodies by count, bytes and age [GSP-R31]; per-peer state of
 a few counters and one bounded IDONTWANT map; wants and syncs bounded by
