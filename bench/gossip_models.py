@@ -1059,7 +1059,7 @@ def run_scenario(
             sim.crash(addresses[v])
         reachable_before = _components(topo, online)
         meeting = _Meeting(sim, topo, cores, online, params, start)
-        suspicion = _Suspicion(sim, topo, cores, online, params)
+        suspicion = _Suspicion(sim, topo, cores, online, params, start)
         if params.suspect_ptos > 0:
             sim.on_undeliverable = suspicion.undeliverable
         low, high = params.detect_delay_s
@@ -1135,27 +1135,27 @@ class _Round:
     dials: int = 0  # dials started (a stagger timer acts only if none started since)
 
 
+@dataclass(eq=False)
 class _AfterCrash:
     """What the models of survivors' reactions to a crash share: the network, its
-    cores, who is online, and the harness parameters."""
+    cores, who is online, the harness parameters and when the crash was."""
 
-    def __init__(
-        self,
-        sim: Simulator,
-        topo: Topology,
-        cores: list[GossipCore],
-        online: bytearray,
-        params: HarnessParams,
-    ) -> None:
-        self.sim, self.topo, self.cores, self.online, self.p = sim, topo, cores, online, params
+    sim: Simulator
+    topo: Topology
+    cores: list[GossipCore]
+    online: bytearray
+    p: HarnessParams
+    crash_at: float
+
+    def __post_init__(self) -> None:
+        """Each model sets up its own state here."""
 
 
 class _Suspicion(_AfterCrash):
     """Survivors' transports noticing that what they send a crashed peer goes
     unacknowledged (see :class:`HarnessParams`, ``suspect_*``)."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __post_init__(self) -> None:
         self.pairs: set[tuple[int, int]] = set()  # (sender, crashed peer) already timed
         self.suspected = 0
 
@@ -1186,19 +1186,10 @@ class _Meeting(_AfterCrash):
     """Survivors noticing lost sessions and meeting members through presence records
     (see :class:`HarnessParams`, ``meet_*``): what a node does by spec/06 COM-R68."""
 
-    def __init__(
-        self,
-        sim: Simulator,
-        topo: Topology,
-        cores: list[GossipCore],
-        online: bytearray,
-        params: HarnessParams,
-        crash_at: float,
-    ) -> None:
-        super().__init__(sim, topo, cores, online, params)
-        self.crash_at = crash_at
+    def __post_init__(self) -> None:
+        sim, topo, params = self.sim, self.topo, self.p
         self.rng = sim.child_rng("meeting")
-        n = len(cores)
+        n = len(self.cores)
         # sessions each node believes live: every session until its loss is detected
         self.believed = [len(topo.neighbours[i]) for i in range(n)]
         self.phase = [self.rng.uniform(0.0, params.presence_interval_s) for _ in range(n)]
