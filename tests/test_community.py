@@ -7,9 +7,10 @@ its own data directory; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,19 @@ class Member:
 
     def codes(self) -> set[ErrorCode]:
         return {e.code for e in self.events if e.kind == "entry_rejected" and e.code is not None}
+
+
+@contextlib.asynccontextmanager
+async def started(root: Path, *names: str) -> AsyncIterator[list[Member]]:
+    """Members ``names`` started under ``root``, every one stopped on the way out."""
+    members: list[Member] = []
+    try:
+        for name in names:
+            members.append(await Member(name, root).start())
+        yield members
+    finally:
+        for m in members:
+            await m.stop()
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -578,8 +592,7 @@ def test_an_acknowledged_post_survives_kill_9(tmp_path: Path) -> None:
 
 def test_a_live_entry_with_unknown_parents_is_fetched_by_sync_not_blamed(tmp_path: Path) -> None:
     async def main() -> None:
-        owner, bob = [await Member(n, tmp_path).start() for n in ("l-owner", "l-bob")]
-        try:
+        async with started(tmp_path, "l-owner", "l-bob") as (owner, bob):
             cid = await owner.api.create("Gaps")
             await bob.api.join(await owner.api.invite(cid))
             key_ = com.CommunityId.parse(cid).raw
@@ -595,9 +608,6 @@ def test_a_live_entry_with_unknown_parents_is_fetched_by_sync_not_blamed(tmp_pat
             assert {c.name for c in bob.api.communities()[0].channels} == {"quiet", "loud"}
             assert bob.codes() == set()  # nothing was held against the owner
             assert bob.api.stats.get("live_reject", 0) == 0
-        finally:
-            await owner.stop()
-            await bob.stop()
 
     run(main)
 
@@ -647,9 +657,7 @@ def test_entries_that_waited_for_a_gap_spread_on_when_it_fills(tmp_path: Path) -
     gap of its own, would not know to ask for them."""
 
     async def main() -> None:
-        names = ("g-owner", "g-bob", "g-carol")
-        owner, bob, carol = [await Member(n, tmp_path).start() for n in names]
-        try:
+        async with started(tmp_path, "g-owner", "g-bob", "g-carol") as (owner, bob, carol):
             cid, deliveries = await _in_a_line(owner, bob, carol, "Out of order")
             held = await _post_unpublished(owner, cid, ["one", "two", "three"])
             for live in reversed(held):  # last first
@@ -659,9 +667,6 @@ def test_entries_that_waited_for_a_gap_spread_on_when_it_fills(tmp_path: Path) -
             )
             assert bob.gossip is not None and bob.gossip.core.stats["accepted_late"] >= 2
             assert _pushed_from(owner, deliveries) == ["push"] * 3  # by B, not by sync
-        finally:
-            for m in (owner, bob, carol):
-                await m.stop()
 
     run(main)
 
@@ -675,9 +680,7 @@ def test_a_live_entry_already_taken_by_sync_still_spreads_on(
     monkeypatch.setattr(community_module, "RESYNC_INTERVAL", 3600.0)  # no periodic help
 
     async def main() -> None:
-        names = ("s-owner", "s-bob", "s-carol")
-        owner, bob, carol = [await Member(n, tmp_path).start() for n in names]
-        try:
+        async with started(tmp_path, "s-owner", "s-bob", "s-carol") as (owner, bob, carol):
             cid, deliveries = await _in_a_line(owner, bob, carol, "Sync first")
             (live,) = await _post_unpublished(owner, cid, ["sync brought it"])
             assert owner.node is not None
@@ -687,9 +690,6 @@ def test_a_live_entry_already_taken_by_sync_still_spreads_on(
             _publish(owner, cid, live)
             await eventually(lambda: "sync brought it" in _texts_now(carol, cid, "general"))
             assert _pushed_from(owner, deliveries) == ["push"]  # pushed on by B
-        finally:
-            for m in (owner, bob, carol):
-                await m.stop()
 
     run(main)
 
@@ -702,8 +702,7 @@ def test_periodic_sync_brings_what_no_message_announced(
     monkeypatch.setattr(community_module, "RESYNC_INTERVAL", 0.2)
 
     async def main() -> None:
-        owner, bob = [await Member(n, tmp_path).start() for n in ("p-owner", "p-bob")]
-        try:
+        async with started(tmp_path, "p-owner", "p-bob") as (owner, bob):
             cid = await owner.api.create("Periodic")
             await owner.api.add_channel(cid, "general")
             await bob.api.join(await owner.api.invite(cid), display_name="Bob")
@@ -711,8 +710,5 @@ def test_periodic_sync_brings_what_no_message_announced(
             await eventually(lambda: "never published" in _texts_now(bob, cid, "general"))
             # Either side's periodic HAVE does it: B asks, or B sees the owner's is longer.
             assert sum(m.api.stats.get("resync_have", 0) for m in (owner, bob)) > 0
-        finally:
-            for m in (owner, bob):
-                await m.stop()
 
     run(main)
