@@ -1200,7 +1200,7 @@ class GossipNode:
         self.stats["suspected"] += 1
         for topic, state in self._topics.items():
             if peer in state.mesh:
-                self._prune(topic, state, peer)
+                self._prune(topic, state, peer, suspect=True)
                 self._maintain(topic, state)
                 self._repair(topic, state, p)
 
@@ -1904,12 +1904,15 @@ class GossipNode:
         self._link_up(state, handle)
         self._send(self._peers[handle], GRAFT, codec.encode({0: GRAFT, 1: topic}))
 
-    def _prune(self, topic: bytes, state: _Topic, handle: Peer) -> None:
+    def _prune(self, topic: bytes, state: _Topic, handle: Peer, suspect: bool = False) -> None:
+        """Prune with a backoff and peer hints; a suspect peer with neither, so that
+        either side may graft again as soon as the session answers [GSP-R47]."""
         state.mesh.pop(handle, None)
-        backoff = self.config.prune_backoff
-        self._backoff_ours[(topic, handle)] = self._now + backoff
+        backoff = 0 if suspect else self.config.prune_backoff
+        if backoff:
+            self._backoff_ours[(topic, handle)] = self._now + backoff
         message: dict[int, codec.Value] = {0: PRUNE, 1: topic, 2: backoff}
-        px = self._px(topic, handle)
+        px = [] if suspect else self._px(topic, handle)
         if px:
             message[3] = list(px)
         self._send(self._peers[handle], PRUNE, codec.encode(message))

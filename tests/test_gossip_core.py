@@ -1319,7 +1319,8 @@ def test_a_suspect_mesh_peer_leaves_the_mesh_at_once_for_a_peer_heard_lately() -
     node.set_peer_suspect("a", True, 210.0)
     frames = [(dst, decode_message(f)) for dst, f in node.frames_to_send(210.0)]
     sent = [(dst, kind) for dst, (kind, _) in frames]
-    assert ("a", PRUNE) in sent
+    # No backoff and no hints: either side may graft again once the session answers.
+    assert ("a", (PRUNE, {"type": PRUNE, "topic": TOPIC, "backoff": 0})) in frames
     assert ("lately", GRAFT) in sent and not any(k == GRAFT for d, k in sent if d != "lately")
     assert node.mesh(TOPIC) == {"b", "c", "d", "lately"}
     assert node.stats["suspected"] == 1
@@ -1340,12 +1341,14 @@ def test_a_suspect_mesh_peer_leaves_the_mesh_at_once_for_a_peer_heard_lately() -
     asked = [dst for dst, f in node.frames_to_send(210.2) if decode_message(f)[0] == IWANT]
     assert asked == ["quiet0"]
 
-    # The session answers again: the peer hears of new messages again (the backoff of
-    # its PRUNE still keeps it out of the mesh).
+    # The session answers again: the peer hears of new messages again, and may be
+    # grafted again when the mesh needs peers.
     node.set_peer_suspect("a", False, 210.5)
     assert node.stats["unsuspected"] == 1
     node.receive("c", publish_frame(sign_message(AUTHOR, TOPIC, 210_600, b"again")), 210.6)
     told = {dst for dst, f in node.frames_to_send(210.6) if decode_message(f)[0] == IHAVE}
     assert told == {"a", *quiet}
+    for peer in "bcd":
+        node.receive(peer, codec.encode({0: PRUNE, 1: TOPIC, 2: 60}), 210.7)
     node.handle_timer(211.0)
-    assert "a" not in node.mesh(TOPIC)
+    assert "a" in node.mesh(TOPIC)  # heard from lately (its IHAVE), no backoff
