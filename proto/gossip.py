@@ -884,6 +884,10 @@ class _Topic:
         "last_time",
         "mesh",
         "recent",
+        "repair_after",
+        "repair_from",
+        "repair_peer",
+        "repair_since",
         "repaired",
         "score",
     )
@@ -899,7 +903,14 @@ class _Topic:
         self.choked_by: dict[Peer, None] = {}
         self.eager_since: dict[Peer, float] = {}
         self.score: dict[Peer, float] = {}
-        self.repaired = -math.inf  # the last catch-up for a mesh link gone dark [GSP-R47]
+        # The catch-up for mesh links gone dark [GSP-R47]: the window still to ask for
+        # (None: nothing pending), whom we may ask (peers heard from after this), and
+        # the last one started: with whom, from when, at what time.
+        self.repair_since: float | None = None
+        self.repair_after = -math.inf
+        self.repair_peer: Peer | None = None
+        self.repair_from = 0.0
+        self.repaired = -math.inf
 
 
 class _Want:
@@ -1198,34 +1209,55 @@ class GossipNode:
             self.stats["unsuspected"] += 1
             return
         self.stats["suspected"] += 1
+        cfg = self.config
         for topic, state in self._topics.items():
+            if state.repair_peer == peer and (peer, topic) in self._syncs:
+                # The catch-up for a dark link went to a peer that is gone too: again.
+                del self._syncs[(peer, topic)]
+                state.repair_peer = None
+                state.repaired = -math.inf
+                self._pend_repair(state, state.repair_from, state.repair_after)
             if peer in state.mesh:
                 self._prune(topic, state, peer, suspect=True)
                 self._maintain(topic, state)
-                self._repair(topic, state, p)
+                since = max(p.heard - cfg.repair_margin, now - cfg.sync_window)
+                running = state.repair_peer is not None and now - state.repaired < cfg.heartbeat
+                if not (running and state.repair_from <= since):
+                    self._pend_repair(state, since, p.heard)
+            self._repair(topic, state)
 
-    def _repair(self, topic: bytes, state: _Topic, lost: _Peer) -> None:
-        """A mesh link went dark: what it should have brought since is missing. Catch
-        up for that time with a topic peer heard from lately, at most once a heartbeat
-        per topic [GSP-R47]."""
+    @staticmethod
+    def _pend_repair(state: _Topic, since: float, after: float) -> None:
+        if state.repair_since is None:
+            state.repair_since, state.repair_after = since, after
+        else:
+            state.repair_since = min(state.repair_since, since)
+            state.repair_after = min(state.repair_after, after)
+
+    def _repair(self, topic: bytes, state: _Topic) -> None:
+        """Mesh links went dark: what they should have brought since is missing. Catch
+        up for that time with a topic peer heard from since the first of them was last
+        heard (so alive after it), at most once a heartbeat per topic; with no such
+        peer yet, the heartbeat tries again [GSP-R47]."""
         now, cfg = self._now, self.config
-        if now - state.repaired < cfg.heartbeat:
+        since = state.repair_since
+        if since is None or now - state.repaired < cfg.heartbeat:
             return
         peers = self._peers
         alive = [
             h
             for h in self._topic_peers.get(topic, ())
-            if h != lost.handle
-            and self._usable(peers[h])
-            and now - peers[h].heard <= cfg.sync_alive
+            if self._usable(peers[h])
+            and peers[h].heard > state.repair_after
             and (h, topic) not in self._syncs
         ]
         if not alive:
             return
-        state.repaired = now
-        since = max(lost.heard - cfg.repair_margin, now - cfg.sync_window)
+        handle = self._shuffled(alive)[0]
+        state.repair_since = None
+        state.repair_peer, state.repair_from, state.repaired = handle, since, now
         self.stats["repairs"] += 1
-        self.catch_up(self._shuffled(alive)[0], topic, int((since + self.epoch_offset) * 1000), now)
+        self.catch_up(handle, topic, int((since + self.epoch_offset) * 1000), now)
 
     def set_peer_hint(self, peer: Peer, hint: bytes | None) -> None:
         """Opaque bytes others may dial ``peer`` by, given away in PRUNE [GSP-R43]."""
@@ -2160,6 +2192,7 @@ class GossipNode:
             self._maintain(topic, state)
             self._rebalance(topic, state)
             self._gossip(topic, state)
+            self._repair(topic, state)
         every = cfg.sync_every
         if every and (self._epoch + self._sync_phase) % every == 0:
             self._anti_entropy()

@@ -1352,3 +1352,30 @@ def test_a_suspect_mesh_peer_leaves_the_mesh_at_once_for_a_peer_heard_lately() -
         node.receive(peer, codec.encode({0: PRUNE, 1: TOPIC, 2: 60}), 210.7)
     node.handle_timer(211.0)
     assert "a" in node.mesh(TOPIC)  # heard from lately (its IHAVE), no backoff
+
+
+def test_a_catch_up_for_a_dark_link_sent_to_a_dead_peer_is_asked_again_of_a_live_one() -> None:
+    """[GSP-R47] Right after a crash every peer was heard from a moment ago, dead or
+    not: the catch-up goes to a peer heard from after the lost one, and if that one
+    turns suspect too before it answers, to another."""
+    node = lone_node(GossipConfig(d=2, d_low=2, d_high=4, eager_max=None))
+    with_peers(node, "a", "b")
+    for peer in ("x", "y", "z"):
+        node.add_peer(peer, 0.0)
+        node.receive(peer, codec.encode({0: SUBSCRIBE, 1: [TOPIC]}), 0.0)
+    node.receive("a", codec.encode({0: IHAVE, 1: TOPIC, 2: []}), 100.0)  # a's last word
+    node.receive("z", codec.encode({0: IHAVE, 1: TOPIC, 2: []}), 99.0)  # before a's
+    for peer in ("x", "y"):  # both heard from after a
+        node.receive(peer, codec.encode({0: IHAVE, 1: TOPIC, 2: []}), 100.5)
+    node.frames_to_send(100.5)
+
+    def synced(now: float) -> list[str]:
+        return [dst for dst, f in node.frames_to_send(now) if decode_message(f)[0] == SYNC]
+
+    node.set_peer_suspect("a", True, 101.0)
+    first = synced(101.0)
+    assert len(first) == 1 and first[0] in ("x", "y")  # never z, heard before a went dark
+    node.set_peer_suspect(first[0], True, 101.5)  # it is gone too, and never answered
+    second = synced(101.5)
+    assert second == [({"x", "y"} - {first[0]}).pop()]
+    assert node.stats["repairs"] == 2
