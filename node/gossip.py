@@ -187,7 +187,6 @@ class GossipService:
         elif isinstance(event, SessionSuspect):
             link = self._links.get(event.session.peer_id)
             if link is not None and link.session is event.session:
-                self.stats["suspected" if event.suspect else "unsuspected"] += 1
                 self.core.set_peer_suspect(event.session.peer_id, event.suspect, self._loop.time())
                 self._flush()
         elif isinstance(event, SessionDown):

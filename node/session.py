@@ -653,8 +653,8 @@ class Session:
                 (p.sent_time for p in space.sent_packets.values() if p.is_ack_eliciting), now
             )
             self._unacked_since = oldest
-        if self.suspect:
-            return
+        if self.suspect or self._liveness_timer is not None:
+            return  # an armed timer checks again (and re-arms if an ACK moved the clock)
         config = self.node.config
         wait = max(config.suspect_ptos * quic._loss.get_probe_timeout(), config.suspect_min)
         due = self._unacked_since + wait
@@ -665,9 +665,7 @@ class Session:
                 "%r is suspect: nothing acknowledged for %.2f s", self, now - self._unacked_since
             )
             self.node._emit(SessionSuspect(self, True))
-        elif self._liveness_timer is None or self._liveness_timer.when() > due:
-            if self._liveness_timer is not None:
-                self._liveness_timer.cancel()
+        else:
             self._liveness_timer = self._loop.call_at(due, self._on_liveness_timer)
 
     def _on_liveness_timer(self) -> None:

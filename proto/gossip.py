@@ -1244,13 +1244,7 @@ class GossipNode:
         if since is None or now - state.repaired < cfg.heartbeat:
             return
         peers = self._peers
-        alive = [
-            h
-            for h in self._topic_peers.get(topic, ())
-            if self._usable(peers[h])
-            and peers[h].heard > state.repair_after
-            and (h, topic) not in self._syncs
-        ]
+        alive = [h for h in self._syncable(topic) if peers[h].heard > state.repair_after]
         if not alive:
             return
         handle = self._shuffled(alive)[0]
@@ -1921,7 +1915,7 @@ class GossipNode:
             p = self._peers[handle]
             if outbound_only and not p.outbound:
                 continue
-            if p.graylisted or p.suspect or p.penalty >= self.config.graylist_threshold / 2:
+            if not self._usable(p) or p.penalty >= self.config.graylist_threshold / 2:
                 continue
             key = (topic, handle)
             if self._backoff_ours.get(key, 0.0) > now or self._backoff_theirs.get(key, 0.0) > now:
@@ -2203,16 +2197,20 @@ class GossipNode:
         now, cfg = self._now, self.config
         since = max(0, self._wall_ms() - int(cfg.sync_window * 1000))
         for topic in self._topics:
-            peers = [
-                h
-                for h in self._topic_peers.get(topic, ())
-                if self._usable(self._peers[h]) and (h, topic) not in self._syncs
-            ]
+            peers = self._syncable(topic)
             # Peers heard from lately first: after a crash, most silent ones are dead.
             alive = [h for h in peers if now - self._peers[h].heard <= cfg.sync_alive] or peers
             if alive:
                 self.stats["anti_entropy"] += 1
                 self.catch_up(self._shuffled(alive)[0], topic, since, now)
+
+    def _syncable(self, topic: bytes) -> list[Peer]:
+        """Topic peers we may start a catch-up with: usable, and none running with them."""
+        return [
+            h
+            for h in self._topic_peers.get(topic, ())
+            if self._usable(self._peers[h]) and (h, topic) not in self._syncs
+        ]
 
     def _check_wants(self) -> None:
         """Broken promises are penalised and the ID asked of the next announcer
